@@ -1,0 +1,317 @@
+"""Checkpoints: a model version is a directory holding `config.json` and `weights.safetensors`.
+
+config.json describes the architecture, the likelihood, the standardisation statistics and how the model
+was trained; weights.safetensors holds the weights and the mask degree vectors. Loading validates the
+config, then checks the tensors against what the config implies, and fails with one `CheckpointError`
+naming the problem. Nothing is ever unpickled: safetensors is a flat header plus raw bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .made import MADE, MADEConfig, MADEDensity, make_likelihood
+from .made.masks import check_degrees
+
+FORMAT = "made-checkpoint"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, corrupt, truncated or incompatible."""
+
+
+class LikelihoodSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["bernoulli", "categorical", "gaussian", "mog"]
+    categories: Annotated[int, Field(ge=2)] | None = None
+    components: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _head_options(self):
+        if self.name == "categorical" and self.categories is None:
+            raise ValueError("a categorical likelihood needs 'categories'")
+        if self.name == "mog" and self.components is None:
+            raise ValueError("a mog likelihood needs 'components'")
+        return self
+
+
+class Standardisation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shift: list[float]
+    scale: list[Annotated[float, Field(gt=0)]]
+
+
+class TrainingRecord(BaseModel):
+    """How the weights were made. Extra keys are kept: the record grows with the trainer."""
+
+    model_config = ConfigDict(extra="allow")
+    command: str | None = None
+    data_file: str | None = None
+    data_sha256: str | None = None
+    valid_sha256: str | None = None
+    epochs: int | None = None
+    best_epoch: int | None = None
+    best_valid_nll: float | None = None
+    valid_masks: int | None = None
+    seed: int | None = None
+    package_version: str | None = None
+    date: str | None = None
+
+
+class CheckpointConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["made-checkpoint"] = FORMAT
+    format_version: int = FORMAT_VERSION
+    likelihood: LikelihoodSpec
+    n_dims: Annotated[int, Field(ge=1)]
+    input_shape: list[Annotated[int, Field(ge=1)]] | None = None
+    hidden_sizes: list[Annotated[int, Field(ge=1)]]
+    activation: str = "relu"
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    direct_connections: bool = False
+    mask_conditioning: bool = False
+    n_masks: Annotated[int, Field(ge=1)] = 1
+    mask_resampling: Literal["both", "order", "connectivity"] = "both"
+    fresh_masks: bool = False
+    order: str | list[int] = "natural"
+    eval_masks: Annotated[int, Field(ge=1)] = 1
+    seed: int = 0
+    standardisation: Standardisation | None = None
+    weights_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    training: TrainingRecord | None = None
+    calibration: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {self.format_version} is not supported (this build reads {FORMAT_VERSION})"
+            )
+        if self.eval_masks > self.n_masks:
+            raise ValueError(f"eval_masks={self.eval_masks} exceeds n_masks={self.n_masks}")
+        if self.input_shape is not None and _prod(self.input_shape) != self.n_dims:
+            raise ValueError(f"input_shape {self.input_shape} does not hold n_dims={self.n_dims} values")
+        real = self.likelihood.name in ("gaussian", "mog")
+        if real and self.standardisation is None:
+            raise ValueError("a real-valued likelihood needs 'standardisation' statistics")
+        if self.standardisation is not None:
+            s = self.standardisation
+            if len(s.shift) != self.n_dims or len(s.scale) != self.n_dims:
+                raise ValueError("standardisation shift/scale must have n_dims entries each")
+        return self
+
+    def network_config(self) -> MADEConfig:
+        head = self.make_likelihood()
+        return MADEConfig(
+            n_dims=self.n_dims,
+            hidden_sizes=self.hidden_sizes,
+            params_per_dim=head.params_per_dim,
+            n_masks=self.n_masks,
+            mask_resampling=self.mask_resampling,
+            order=self.order,
+            fresh_masks=self.fresh_masks,
+            eval_masks=self.eval_masks,
+            direct_connections=self.direct_connections,
+            mask_conditioning=self.mask_conditioning,
+            activation=self.activation,
+            dropout=self.dropout,
+            seed=self.seed,
+        )
+
+    def make_likelihood(self):
+        spec = self.likelihood
+        return make_likelihood(spec.name, categories=spec.categories, components=spec.components)
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def config_for(
+    model: MADEDensity,
+    input_shape: list[int] | None = None,
+    training: dict | None = None,
+    calibration: dict | None = None,
+    weights_dtype: str = "float32",
+) -> CheckpointConfig:
+    net = model.network.config
+    standardisation = None
+    if model.likelihood.real_valued:
+        standardisation = Standardisation(shift=model.shift.tolist(), scale=model.scale.tolist())
+    return CheckpointConfig(
+        likelihood=LikelihoodSpec(**model.likelihood.spec()),
+        n_dims=net.n_dims,
+        input_shape=input_shape,
+        hidden_sizes=list(net.hidden_sizes),
+        activation=net.activation,
+        dropout=net.dropout,
+        direct_connections=net.direct_connections,
+        mask_conditioning=net.mask_conditioning,
+        n_masks=net.n_masks,
+        mask_resampling=net.mask_resampling,
+        fresh_masks=net.fresh_masks,
+        order=net.order,
+        eval_masks=net.eval_masks,
+        seed=net.seed,
+        standardisation=standardisation,
+        weights_dtype=weights_dtype,
+        training=TrainingRecord(**training) if training is not None else None,
+        calibration=calibration,
+    )
+
+
+def save(
+    model: MADEDensity,
+    directory: str | os.PathLike,
+    *,
+    input_shape: list[int] | None = None,
+    training: dict | None = None,
+    calibration: dict | None = None,
+    weights_dtype: str = "float32",
+) -> CheckpointConfig:
+    """Write config.json and weights.safetensors; each file appears whole (written aside, then renamed)."""
+    config = config_for(model, input_shape, training, calibration, weights_dtype)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    dtype = DTYPES[weights_dtype]
+    tensors = {
+        name: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous()
+        for name, t in model.state_dict().items()
+    }
+    weights_tmp = directory / (WEIGHTS_FILE + ".tmp")
+    save_file(tensors, str(weights_tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    config_tmp = directory / (CONFIG_FILE + ".tmp")
+    config_tmp.write_text(config.model_dump_json(indent=2, exclude_none=True) + "\n")
+    os.replace(weights_tmp, directory / WEIGHTS_FILE)
+    os.replace(config_tmp, directory / CONFIG_FILE)
+    return config
+
+
+def write_config(directory: str | os.PathLike, config: CheckpointConfig) -> None:
+    """Rewrite config.json alone (e.g. new calibration), atomically."""
+    path = Path(directory) / CONFIG_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(config.model_dump_json(indent=2, exclude_none=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_config(directory: str | os.PathLike) -> CheckpointConfig:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"no checkpoint at {directory}: not a directory")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        hint = (
+            f" (found {', '.join(pickles)}: pickle checkpoints are never loaded, because unpickling runs code)"
+            if pickles
+            else ""
+        )
+        raise CheckpointError(f"checkpoint {directory} has no {CONFIG_FILE}{hint}")
+    try:
+        raw = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a made checkpoint config (expected \"format\": \"{FORMAT}\")")
+    try:
+        return CheckpointConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        )
+        raise CheckpointError(f"{path} is invalid: {problems}") from None
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path.parent} has no {WEIGHTS_FILE}")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # A pickle starts with the PROTO opcode 0x80; torch.save's zip container with "PK".
+    if head[:1] == b"\x80" or head == b"PK":
+        raise CheckpointError(
+            f"{path} is a pickle (torch.save) file, not safetensors; pickles are never loaded, "
+            "because unpickling runs code"
+        )
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is corrupt or truncated (not a readable safetensors file): {exc}") from None
+
+
+def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MADEDensity, CheckpointConfig]:
+    """The model (float32, eval mode, on `device`) and its validated config."""
+    directory = Path(directory)
+    config = read_config(directory)
+    try:
+        network = MADE(config.network_config())
+    except ValueError as exc:
+        raise CheckpointError(f"{directory / CONFIG_FILE} describes an impossible model: {exc}") from None
+    std = config.standardisation
+    model = MADEDensity(
+        network,
+        config.make_likelihood(),
+        shift=torch.tensor(std.shift) if std else None,
+        scale=torch.tensor(std.scale) if std else None,
+    )
+    tensors = _read_weights(directory / WEIGHTS_FILE)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{directory / WEIGHTS_FILE} does not match {CONFIG_FILE}: "
+            + "; ".join(
+                part
+                for part in (
+                    f"missing tensors {missing}" if missing else "",
+                    f"unexpected tensors {unexpected}" if unexpected else "",
+                )
+                if part
+            )
+        )
+    for name, tensor in tensors.items():
+        want = expected[name]
+        if tuple(tensor.shape) != tuple(want.shape):
+            raise CheckpointError(
+                f"{directory / WEIGHTS_FILE} does not match {CONFIG_FILE}: tensor {name} has shape "
+                f"{list(tensor.shape)}, the config implies {list(want.shape)}"
+            )
+        if want.is_floating_point():
+            if not tensor.is_floating_point():
+                raise CheckpointError(f"tensor {name} in {directory / WEIGHTS_FILE} should be floating point")
+            if not torch.isfinite(tensor).all():
+                raise CheckpointError(f"tensor {name} in {directory / WEIGHTS_FILE} holds NaN or Inf")
+            tensors[name] = tensor.float()  # evaluation is float32 whatever the storage dtype
+        elif tensor.is_floating_point():
+            raise CheckpointError(f"tensor {name} in {directory / WEIGHTS_FILE} should be integer degrees")
+        else:
+            tensors[name] = tensor.long()
+    try:
+        for k in range(config.n_masks):
+            check_degrees(
+                tensors["network.input_degrees"][k],
+                [tensors[f"network.hidden_degrees_{i}"][k] for i in range(len(config.hidden_sizes))],
+                config.n_dims,
+            )
+    except ValueError as exc:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE} holds invalid mask degrees: {exc}") from None
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), config

@@ -1,0 +1,317 @@
+"""The `made` command: train, eval, score and sample.
+
+Errors a user can fix (bad data, a bad checkpoint, impossible options) print one line,
+`made: error: ...`, and exit with status 2; nothing else prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import __version__, checkpoint, data, logs
+from .checkpoint import CheckpointError
+from .data import DataError
+from .devices import resolve_device
+from .made import ACTIVATIONS, LIKELIHOODS, MASK_RESAMPLING, build, make_generator, sample
+from .made.masks import ORDERINGS
+from .training import LR_SCHEDULES, TrainConfig, mean_nll, standardisation, train
+
+log = logging.getLogger("made.cli")
+SCORE_BATCH_ROWS = 4096
+
+
+class UsageError(Exception):
+    """Options that cannot work together; reported like argparse's own errors."""
+
+
+def _order(text: str):
+    if text in ORDERINGS:
+        return text
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(ORDERINGS)} or a comma-separated permutation of 0..D-1"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="made", description="MADE density estimation: train, evaluate, sample.")
+    parser.add_argument("--version", action="version", version=f"made-service {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train a model and write a checkpoint directory")
+    p.add_argument("--data", required=True, help="training data: .npy, .npz[:key] or .csv")
+    p.add_argument("--out", required=True, help="checkpoint directory to write (e.g. models/mine/1)")
+    valid = p.add_mutually_exclusive_group()
+    valid.add_argument("--valid", help="validation data (default: the .npz's valid_x, else --valid-fraction)")
+    valid.add_argument("--valid-fraction", type=float, default=None, help="hold out this fraction (default 0.1)")
+    p.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS)
+    p.add_argument("--categories", type=int, help="values per dimension for --likelihood categorical")
+    p.add_argument("--components", type=int, default=10, help="mixture components for --likelihood mog")
+    p.add_argument("--hidden", type=int, nargs="+", default=[500], metavar="H", help="hidden layer sizes")
+    p.add_argument("--masks", type=int, default=1, help="size of the stored mask set (1: a plain MADE)")
+    p.add_argument("--eval-masks", type=int, help="default ensemble size at evaluation (default: all masks)")
+    p.add_argument("--fresh-masks", action="store_true", help="train with a new mask every minibatch")
+    p.add_argument("--resample", default="both", choices=MASK_RESAMPLING, help="what differs between masks")
+    p.add_argument("--order", type=_order, default="natural", help="ordering of the first mask")
+    p.add_argument("--direct", action="store_true", help="direct input-to-output connections")
+    p.add_argument("--mask-conditioning", action="store_true", help="learned mask-dependent bias per layer")
+    p.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS))
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES)
+    p.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs (0: off)")
+    p.add_argument("--valid-masks", type=int, default=1, help="masks averaged for per-epoch validation")
+    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--input-shape", type=int, nargs="+", help="shape of one row as an image, e.g. 28 28")
+    p.add_argument("--weights-dtype", default="float32", choices=sorted(checkpoint.DTYPES))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal; log lines otherwise)")
+
+    p = commands.add_parser("eval", help="mean negative log-likelihood of a data file, as one JSON line")
+    _model_args(p)
+    p.add_argument("--data", required=True)
+
+    p = commands.add_parser("score", help="write log p(x) of every row to an .npy file")
+    _model_args(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="output .npy: one float64 log-probability (nats) per row")
+    p.add_argument("--batch-rows", type=int, default=SCORE_BATCH_ROWS)
+
+    p = commands.add_parser("sample", help="draw samples into an .npy file")
+    _model_args(p)
+    p.add_argument("-n", type=int, required=True, help="number of samples")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", required=True)
+    return parser
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint directory (e.g. models/binarized-mnist/1)")
+    p.add_argument("--masks", type=int, default=None, help="ensemble size (default: the model's default)")
+    p.add_argument("--device", default="auto")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level, args.log_format)
+    try:
+        return COMMANDS[args.command](args)
+    except (DataError, CheckpointError, UsageError, ValueError) as exc:
+        print(f"made: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("made: interrupted", file=sys.stderr)
+        return 130
+
+
+# ---- train --------------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    probe = build(1, args.likelihood, categories=args.categories, components=args.components).likelihood
+    train_x = data.load(args.data, probe, role="train")
+    valid_spec = args.valid
+    if valid_spec is None and args.valid_fraction is None:
+        valid_spec = _companion_valid(args.data)
+    if valid_spec is not None:
+        valid_x = data.load(valid_spec, probe, n_dims=train_x.shape[1], role="valid")
+        log.info("validation data", extra={"source": valid_spec, "rows": len(valid_x)})
+    else:
+        train_x, valid_x = _hold_out(train_x, args.valid_fraction or 0.1, args.seed)
+        log.info("validation held out of the training data", extra={"rows": len(valid_x)})
+    n_dims = train_x.shape[1]
+    if args.input_shape and math.prod(args.input_shape) != n_dims:
+        raise UsageError(f"--input-shape {args.input_shape} does not hold {n_dims} values")
+    if args.eval_masks is not None and not 1 <= args.eval_masks <= args.masks:
+        raise UsageError(f"--eval-masks must be between 1 and --masks ({args.masks})")
+    if not 1 <= args.valid_masks <= args.masks:
+        raise UsageError(f"--valid-masks must be between 1 and --masks ({args.masks})")
+    shift, scale = standardisation(train_x) if probe.real_valued else (None, None)
+    model = build(
+        n_dims,
+        args.likelihood,
+        categories=args.categories,
+        components=args.components,
+        shift=shift,
+        scale=scale,
+        hidden_sizes=args.hidden,
+        n_masks=args.masks,
+        eval_masks=args.eval_masks,
+        fresh_masks=args.fresh_masks,
+        mask_resampling=args.resample,
+        order=args.order,
+        direct_connections=args.direct,
+        mask_conditioning=args.mask_conditioning,
+        activation=args.activation,
+        dropout=args.dropout,
+        seed=args.seed,
+    ).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        "training",
+        extra={"rows": len(train_x), "dims": n_dims, "parameters": n_params, "device": str(device)},
+    )
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        lr_schedule=args.lr_schedule,
+        patience=args.patience,
+        valid_masks=args.valid_masks,
+        grad_clip=args.grad_clip,
+        seed=args.seed,
+        progress=args.progress,
+    )
+    result = train(model, train_x, valid_x, config)
+    eval_masks = model.network.config.eval_masks
+    valid_nll = mean_nll(model, valid_x, masks=eval_masks)
+    record = {
+        "command": shlex.join(["made", *sys.argv[1:]]) if Path(sys.argv[0]).name == "made" else shlex.join(sys.argv),
+        "data_file": args.data,
+        "data_sha256": data.sha256_of(data.split_spec(args.data)[0]),
+        "valid_file": valid_spec,
+        "valid_sha256": data.sha256_of(data.split_spec(valid_spec)[0]) if valid_spec else None,
+        "train_rows": len(train_x),
+        "valid_rows": len(valid_x),
+        "epochs": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "best_valid_nll": valid_nll,
+        "best_valid_nll_per_epoch_masks": result.best_valid_nll,
+        "valid_masks": eval_masks,
+        "seed": args.seed,
+        "optimizer": {"name": "adam", "lr": args.lr, "weight_decay": args.weight_decay,
+                      "lr_schedule": args.lr_schedule, "batch_size": args.batch_size},
+        "parameters": n_params,
+        "device": str(device),
+        "train_seconds": round(result.seconds, 1),
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "history": [
+            {"epoch": h.epoch, "train_nll": round(h.train_nll, 4), "valid_nll": round(h.valid_nll, 4)}
+            for h in result.history
+        ],
+    }
+    checkpoint.save(
+        model, args.out, input_shape=args.input_shape, training=record, weights_dtype=args.weights_dtype
+    )
+    summary = {"out": args.out, "best_valid_nll": round(valid_nll, 4), "masks": eval_masks,
+               "epochs": result.epochs_run, "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1)}
+    print(json.dumps(summary))
+    return 0
+
+
+def _companion_valid(spec: str) -> str | None:
+    """An .npz holding train_x and valid_x (as in ../shared/data) validates on its own valid_x."""
+    path, key = data.split_spec(spec)
+    if path.suffix == ".npz" and key in (None, "train_x"):
+        with np.load(path, allow_pickle=False) as archive:
+            if "valid_x" in archive.files and "x" not in archive.files:
+                return f"{path}:valid_x"
+    return None
+
+
+def _hold_out(x: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not 0 < fraction < 1:
+        raise UsageError("--valid-fraction must be between 0 and 1")
+    n_valid = max(1, int(round(len(x) * fraction)))
+    if n_valid >= len(x):
+        raise UsageError(f"{len(x)} rows are too few to hold out a validation fraction of {fraction}")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return x[order[n_valid:]], x[order[:n_valid]]
+
+
+# ---- eval / score / sample --------------------------------------------------------------------------------
+def _load(args):
+    device = resolve_device(args.device)
+    model, config = checkpoint.load(args.model, device=device)
+    masks = model.resolve_masks(args.masks)
+    return model, config, masks
+
+
+def _log_probs(model, spec: str, masks: int, batch_rows: int):
+    """Yields (start row, log p of a batch) over a data file, streaming it a batch at a time."""
+    total = data.count_rows(spec)
+    done = 0
+    with tqdm(total=total, unit="row", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+        for batch in data.iter_batches(spec, model.likelihood, model.n_dims, batch_rows):
+            with torch.no_grad():
+                log_p = model.log_prob(batch.to(model.device), masks=masks).double().cpu().numpy()
+            yield done, log_p
+            done += len(batch)
+            bar.update(len(batch))
+
+
+def cmd_eval(args) -> int:
+    model, _, masks = _load(args)
+    total, n = 0.0, 0
+    for _, log_p in _log_probs(model, args.data, masks, SCORE_BATCH_ROWS):
+        total -= float(log_p.sum())
+        n += len(log_p)
+    nll = total / n
+    print(json.dumps({"nll": nll, "bits_per_dim": nll / (model.n_dims * math.log(2)), "n": n, "masks": masks}))
+    return 0
+
+
+def cmd_score(args) -> int:
+    model, _, masks = _load(args)
+    n = data.count_rows(args.data)
+    out_path = Path(args.out)
+    tmp = out_path.with_name(out_path.name + ".partial.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=(n,))
+    started = time.monotonic()
+    try:
+        for start, log_p in _log_probs(model, args.data, masks, args.batch_rows):
+            out[start : start + len(log_p)] = log_p
+        out.flush()
+        del out
+        tmp.replace(out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("scored", extra={"rows": n, "masks": masks, "out": str(out_path),
+                              "seconds": round(time.monotonic() - started, 2)})
+    return 0
+
+
+def cmd_sample(args) -> int:
+    if args.n < 1:
+        raise UsageError("-n must be at least 1")
+    model, _, masks = _load(args)
+    generator = make_generator(args.seed, model.device)
+    samples = sample(model, args.n, masks=masks, generator=generator).cpu().numpy()
+    if model.likelihood.name == "bernoulli":
+        samples = samples.astype(np.uint8)
+    elif model.likelihood.name == "categorical":
+        samples = samples.astype(np.int64)
+    np.save(args.out, samples)
+    log.info("sampled", extra={"n": args.n, "masks": masks, "seed": args.seed, "out": args.out})
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "sample": cmd_sample}
+
+if __name__ == "__main__":
+    sys.exit(main())
