@@ -48,6 +48,10 @@ class MADEDensity(nn.Module):
     def device(self) -> torch.device:
         return self.network.input_degrees.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.network.output.weight.dtype
+
     def resolve_masks(self, masks: int | None) -> int:
         """The ensemble size to use: the model's default when None; more than are stored is refused."""
         if masks is None:

@@ -28,19 +28,19 @@ def sample(
 ) -> torch.Tensor:
     """(n, D) samples in the data's original units."""
     K = model.resolve_masks(masks)
-    D, device = model.n_dims, model.device
+    D, device, dtype = model.n_dims, model.device, model.dtype
     was_training = model.training
     model.eval()  # no dropout while sampling
     try:
         mask_choice = torch.randint(K, (n,), generator=generator, device=device)  # (n,)
-        noise = model.likelihood.draw_noise(n, D, generator, device)  # (n, D, R)
-        z = torch.zeros(n, D, device=device)
+        noise = model.likelihood.draw_noise(n, D, generator, device).to(dtype)  # (n, D, R)
+        z = torch.zeros(n, D, device=device, dtype=dtype)
         for k in range(K):
             rows = (mask_choice == k).nonzero(as_tuple=True)[0]
             if len(rows) == 0:
                 continue
             model.network.use_mask(k)
-            z_k = torch.zeros(len(rows), D, device=device)  # (n_k, D), filled one dimension per pass
+            z_k = torch.zeros(len(rows), D, device=device, dtype=dtype)  # (n_k, D), filled one dimension per pass
             for d in model.network.ordering(k).tolist():
                 params = model.network(z_k)  # (n_k, P, D); column d depends only on the fixed x_<d
                 z_k[:, d] = model.likelihood.sample(params[:, :, d], noise[rows, d])
