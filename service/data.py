@@ -132,7 +132,7 @@ def validate(
         raise DataError(f"{source}: no rows")
     if array.shape[1] != n_dims:
         raise DataError(f"{source}: rows have {array.shape[1]} values; the model expects {n_dims}")
-    original = torch.from_numpy(np.ascontiguousarray(array))
+    original = torch.from_numpy(np.array(array, copy=True, order="C"))  # writable: memory maps are not
     values = original.to(torch.float32)
     finite = torch.isfinite(values)
     if not bool(finite.all()):

@@ -1,0 +1,180 @@
+"""Checkpoints round-trip exactly, and anything missing, corrupt, truncated, pickled or inconsistent is
+refused with one CheckpointError that names the problem."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from service import checkpoint
+from service.checkpoint import CheckpointError
+from service.made import build
+from tests.conftest import markov_chain, take_training_steps
+
+HEADS = {
+    "bernoulli": dict(),
+    "categorical": dict(categories=4),
+    "gaussian": dict(shift=torch.linspace(-3, 3, 6), scale=torch.linspace(0.5, 2, 6)),
+    "mog": dict(components=3, shift=torch.linspace(-3, 3, 6), scale=torch.linspace(0.5, 2, 6)),
+}
+
+
+def data_for(likelihood: str, n: int = 64) -> torch.Tensor:
+    if likelihood == "bernoulli":
+        return markov_chain(n, 6)
+    if likelihood == "categorical":
+        return torch.randint(0, 4, (n, 6)).float()
+    return torch.randn(n, 6) * 2
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = build(6, "bernoulli", hidden_sizes=(16, 16), n_masks=3, order="random",
+                  direct_connections=True, mask_conditioning=True)
+    take_training_steps(model, markov_chain(64, 6), steps=10)
+    checkpoint.save(model, tmp_path / "m", training={"seed": 0, "epochs": 1})
+    return model, tmp_path / "m"
+
+
+@pytest.mark.parametrize("likelihood", list(HEADS))
+def test_round_trip_gives_identical_log_probs(tmp_path, likelihood):
+    model = build(6, likelihood, hidden_sizes=(16, 12), n_masks=3, order="random", direct_connections=True,
+                  mask_conditioning=True, eval_masks=2, **HEADS[likelihood])
+    x = data_for(likelihood)
+    take_training_steps(model, x, steps=10)
+    checkpoint.save(model, tmp_path / "m", input_shape=[2, 3], training={"seed": 5})
+    loaded, config = checkpoint.load(tmp_path / "m")
+    assert config.input_shape == [2, 3] and config.eval_masks == 2 and config.training.seed == 5
+    assert loaded.resolve_masks(None) == 2
+    with torch.no_grad():
+        for masks in (1, 2, 3):
+            assert torch.equal(loaded.log_prob(x, masks=masks), model.log_prob(x, masks=masks))
+    assert not any((tmp_path / "m").glob("*.tmp"))
+
+
+def test_float16_storage_loads_as_float32(tmp_path):
+    model = build(6, "bernoulli", hidden_sizes=(16,), n_masks=2)
+    take_training_steps(model, markov_chain(64, 6), steps=10)
+    checkpoint.save(model, tmp_path / "m", weights_dtype="float16")
+    loaded, config = checkpoint.load(tmp_path / "m")
+    assert config.weights_dtype == "float16"
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = markov_chain(64, 6)
+    with torch.no_grad():
+        assert torch.allclose(loaded.log_prob(x), model.log_prob(x), atol=1e-2)
+
+
+def test_truncated_weights_are_refused(saved):
+    _, path = saved
+    weights = path / checkpoint.WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        checkpoint.load(path)
+
+
+def test_corrupt_weights_are_refused(saved):
+    _, path = saved
+    (path / checkpoint.WEIGHTS_FILE).write_bytes(b"\x13\x00\x00\x00\x00\x00\x00\x00{garbage" + bytes(100))
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        checkpoint.load(path)
+
+
+def test_a_pickle_is_refused_without_being_unpickled(saved, monkeypatch):
+    model, path = saved
+    torch.save(model.state_dict(), path / checkpoint.WEIGHTS_FILE)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a pickle was loaded")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    with pytest.raises(CheckpointError, match="pickle"):
+        checkpoint.load(path)
+    (path / checkpoint.WEIGHTS_FILE).write_bytes(pickle.dumps({"w": [1, 2, 3]}))
+    with pytest.raises(CheckpointError, match="pickle"):
+        checkpoint.load(path)
+
+
+def test_a_directory_of_pickles_is_refused_by_name(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"\x80\x04junk")
+    with pytest.raises(CheckpointError, match="pickle checkpoints are never loaded"):
+        checkpoint.load(tmp_path)
+
+
+def test_missing_pieces(tmp_path, saved):
+    with pytest.raises(CheckpointError, match="not a directory"):
+        checkpoint.load(tmp_path / "nowhere")
+    _, path = saved
+    (path / checkpoint.WEIGHTS_FILE).unlink()
+    with pytest.raises(CheckpointError, match="has no weights.safetensors"):
+        checkpoint.load(path)
+    (path / checkpoint.CONFIG_FILE).unlink()
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        checkpoint.load(path)
+
+
+def edit_config(path, **changes):
+    config = json.loads((path / checkpoint.CONFIG_FILE).read_text())
+    config.update(changes)
+    (path / checkpoint.CONFIG_FILE).write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (dict(hidden_sizes=[16, 17]), r"has shape \[3, 16\], the config implies \[3, 17\]"),
+        (dict(hidden_sizes=[16]), "unexpected tensors"),
+        (dict(direct_connections=False), "unexpected tensors"),
+        (dict(mask_conditioning=False), "unexpected tensors"),
+        (dict(n_masks=4, eval_masks=1), r"degrees_0 has shape \[3, 16\], the config implies \[4, 16\]"),
+        (dict(format_version=99), "format_version 99 is not supported"),
+        (dict(eval_masks=9), "eval_masks=9 exceeds n_masks=3"),
+        (dict(input_shape=[5, 5]), "does not hold n_dims=6"),
+        (dict(likelihood={"name": "categorical"}), "needs 'categories'"),
+        (dict(likelihood={"name": "gaussian"}), "needs 'standardisation'"),
+        (dict(format="something-else"), "not a made checkpoint"),
+        (dict(n_dims="six"), "n_dims"),
+    ],
+)
+def test_incompatible_configs_are_refused(saved, changes, message):
+    _, path = saved
+    edit_config(path, **changes)
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load(path)
+
+
+def test_invalid_json_is_refused(saved):
+    _, path = saved
+    (path / checkpoint.CONFIG_FILE).write_text('{"format": "made-checkpoint", ')
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        checkpoint.load(path)
+
+
+def rewrite_tensors(path, edit):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path / checkpoint.WEIGHTS_FILE))
+    edit(tensors)
+    save_file(tensors, str(path / checkpoint.WEIGHTS_FILE))
+
+
+def test_invalid_degrees_are_refused(saved):
+    _, path = saved
+
+    def duplicate_degree(t):
+        t["network.input_degrees"][1, 0] = t["network.input_degrees"][1, 1]
+
+    rewrite_tensors(path, duplicate_degree)
+    with pytest.raises(CheckpointError, match="invalid mask degrees"):
+        checkpoint.load(path)
+
+
+def test_non_finite_weights_are_refused(saved):
+    _, path = saved
+    rewrite_tensors(path, lambda t: t["network.output.bias"].__setitem__(0, float("nan")))
+    with pytest.raises(CheckpointError, match="NaN or Inf"):
+        checkpoint.load(path)
