@@ -196,11 +196,18 @@ def save(
     }
     weights_tmp = directory / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(weights_tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-    config_tmp = directory / (CONFIG_FILE + ".tmp")
-    config_tmp.write_text(config.model_dump_json(indent=2, exclude_none=True) + "\n")
+    _make_readable(weights_tmp)
     os.replace(weights_tmp, directory / WEIGHTS_FILE)
-    os.replace(config_tmp, directory / CONFIG_FILE)
+    write_config(directory, config)  # last: a config never describes weights that are not there yet
     return config
+
+
+def _make_readable(path: Path) -> None:
+    """Ordinary file permissions (safetensors writes 0600): a server running as another user, e.g. in a
+    container with the model repository mounted, must be able to read the checkpoint."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def write_config(directory: str | os.PathLike, config: CheckpointConfig) -> None:
@@ -208,6 +215,7 @@ def write_config(directory: str | os.PathLike, config: CheckpointConfig) -> None
     path = Path(directory) / CONFIG_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(config.model_dump_json(indent=2, exclude_none=True) + "\n")
+    _make_readable(tmp)
     os.replace(tmp, path)
 
 

@@ -30,6 +30,7 @@ from .training import LR_SCHEDULES, TrainConfig, mean_nll, standardisation, trai
 
 log = logging.getLogger("made.cli")
 SCORE_BATCH_ROWS = 4096
+DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
 
 
 class UsageError(Exception):
@@ -54,13 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("train", help="train a model and write a checkpoint directory")
+    p = commands.add_parser("train", help="train a model and write a checkpoint directory", formatter_class=DEFAULTS)
     p.add_argument("--data", required=True, help="training data: .npy, .npz[:key] or .csv")
     p.add_argument("--out", required=True, help="checkpoint directory to write (e.g. models/mine/1)")
     valid = p.add_mutually_exclusive_group()
     valid.add_argument("--valid", help="validation data (default: the .npz's valid_x, else --valid-fraction)")
     valid.add_argument("--valid-fraction", type=float, default=None, help="hold out this fraction (default 0.1)")
-    p.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS)
+    p.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS, help="distribution of each x_d given x_<d")
     p.add_argument("--categories", type=int, help="values per dimension for --likelihood categorical")
     p.add_argument("--components", type=int, default=10, help="mixture components for --likelihood mog")
     p.add_argument("--hidden", type=int, nargs="+", default=[500], metavar="H", help="hidden layer sizes")
@@ -71,50 +72,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", type=_order, default="natural", help="ordering of the first mask")
     p.add_argument("--direct", action="store_true", help="direct input-to-output connections")
     p.add_argument("--mask-conditioning", action="store_true", help="learned mask-dependent bias per layer")
-    p.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS))
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES)
+    p.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS), help="hidden activation")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout on hidden units while training")
+    p.add_argument("--epochs", type=int, default=100, help="maximum number of epochs")
+    p.add_argument("--batch-size", type=int, default=100, help="rows per minibatch (one mask each)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 weight decay")
+    p.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES, help="cosine: anneal to 0 over --epochs; plateau: halve when validation stalls")
     p.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs (0: off)")
     p.add_argument("--valid-masks", type=int, default=1, help="masks averaged for per-epoch validation")
-    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
     p.add_argument("--input-shape", type=int, nargs="+", help="shape of one row as an image, e.g. 28 28")
-    p.add_argument("--weights-dtype", default="float32", choices=sorted(checkpoint.DTYPES))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights-dtype", default="float32", choices=sorted(checkpoint.DTYPES), help="storage dtype in the checkpoint (evaluation is always float32)")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, masks, shuffling and the hold-out split")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal; log lines otherwise)")
 
-    p = commands.add_parser("eval", help="mean negative log-likelihood of a data file, as one JSON line")
+    p = commands.add_parser("eval", help="mean negative log-likelihood of a data file, as one JSON line", formatter_class=DEFAULTS)
     _model_args(p)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help=".npy, .npz[:key] (default key: x, else valid_x) or .csv")
 
-    p = commands.add_parser("score", help="write log p(x) of every row to an .npy file")
+    p = commands.add_parser("score", help="write log p(x) of every row to an .npy file", formatter_class=DEFAULTS)
     _model_args(p)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, help=".npy, .npz[:key] (default key: x, else valid_x) or .csv")
     p.add_argument("--out", required=True, help="output .npy: one float64 log-probability (nats) per row")
     p.add_argument("--batch-rows", type=int, default=SCORE_BATCH_ROWS)
 
-    p = commands.add_parser("sample", help="draw samples into an .npy file")
+    p = commands.add_parser("sample", help="draw samples into an .npy file", formatter_class=DEFAULTS)
     _model_args(p)
     p.add_argument("-n", type=int, required=True, help="number of samples")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=None, help="same seed, same samples (default: random)")
+    p.add_argument("--out", required=True, help="output .npy: uint8 for bernoulli, int64 for categorical, float32 otherwise")
     return parser
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint directory (e.g. models/binarized-mnist/1)")
     p.add_argument("--masks", type=int, default=None, help="ensemble size (default: the model's default)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["made", *argv])  # recorded in checkpoints: how to make the model again
     logs.configure(args.log_level, args.log_format)
     try:
         return COMMANDS[args.command](args)
@@ -189,7 +192,7 @@ def cmd_train(args) -> int:
     eval_masks = model.network.config.eval_masks
     valid_nll = mean_nll(model, valid_x, masks=eval_masks)
     record = {
-        "command": shlex.join(["made", *sys.argv[1:]]) if Path(sys.argv[0]).name == "made" else shlex.join(sys.argv),
+        "command": args.command_line,
         "data_file": args.data,
         "data_sha256": data.sha256_of(data.split_spec(args.data)[0]),
         "valid_file": valid_spec,

@@ -53,6 +53,8 @@ def test_round_trip_gives_identical_log_probs(tmp_path, likelihood):
         for masks in (1, 2, 3):
             assert torch.equal(loaded.log_prob(x, masks=masks), model.log_prob(x, masks=masks))
     assert not any((tmp_path / "m").glob("*.tmp"))
+    for name in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE):  # readable by a server running as another user
+        assert (tmp_path / "m" / name).stat().st_mode & 0o044 == 0o044
 
 
 def test_float16_storage_loads_as_float32(tmp_path):
