@@ -24,7 +24,7 @@ from . import __version__, checkpoint, data, logs
 from .checkpoint import CheckpointError
 from .data import DataError
 from .devices import resolve_device
-from .made import ACTIVATIONS, LIKELIHOODS, MASK_RESAMPLING, build, make_generator, sample
+from .made import ACTIVATIONS, LIKELIHOODS, MASK_RESAMPLING, build, make_generator, make_likelihood, sample
 from .made.masks import ORDERINGS
 from .training import LR_SCHEDULES, TrainConfig, mean_nll, standardisation, train
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_train(args) -> int:
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
-    probe = build(1, args.likelihood, categories=args.categories, components=args.components).likelihood
+    probe = make_likelihood(args.likelihood, categories=args.categories, components=args.components)
     train_x = data.load(args.data, probe, role="train")
     valid_spec = args.valid
     if valid_spec is None and args.valid_fraction is None:
@@ -256,38 +256,40 @@ def _load(args):
 
 
 def _log_probs(model, spec: str, masks: int, batch_rows: int):
-    """Yields (start row, log p of a batch) over a data file, streaming it a batch at a time."""
-    total = data.count_rows(spec)
-    done = 0
-    with tqdm(total=total, unit="row", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
-        for batch in data.iter_batches(spec, model.likelihood, model.n_dims, batch_rows):
-            with torch.no_grad():
-                log_p = model.log_prob(batch.to(model.device), masks=masks).double().cpu().numpy()
-            yield done, log_p
-            done += len(batch)
-            bar.update(len(batch))
+    """(rows in the file, iterator of (start row, log p of a batch)), reading the file once and a batch
+    at a time where the format allows (a memory-mapped .npy)."""
+    array, source = data.open_array(spec, role="eval")
+
+    def batches():
+        start = 0
+        with tqdm(total=len(array), unit="row", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+            for batch in data.iter_batches(array, source, model.likelihood, model.n_dims, batch_rows):
+                with torch.no_grad():
+                    log_p = model.log_prob(batch.to(model.device), masks=masks).double().cpu().numpy()
+                yield start, log_p
+                start += len(batch)
+                bar.update(len(batch))
+
+    return len(array), batches()
 
 
 def cmd_eval(args) -> int:
     model, _, masks = _load(args)
-    total, n = 0.0, 0
-    for _, log_p in _log_probs(model, args.data, masks, SCORE_BATCH_ROWS):
-        total -= float(log_p.sum())
-        n += len(log_p)
-    nll = total / n
+    n, batches = _log_probs(model, args.data, masks, SCORE_BATCH_ROWS)
+    nll = -sum(float(log_p.sum()) for _, log_p in batches) / n
     print(json.dumps({"nll": nll, "bits_per_dim": nll / (model.n_dims * math.log(2)), "n": n, "masks": masks}))
     return 0
 
 
 def cmd_score(args) -> int:
     model, _, masks = _load(args)
-    n = data.count_rows(args.data)
+    n, batches = _log_probs(model, args.data, masks, args.batch_rows)
     out_path = Path(args.out)
     tmp = out_path.with_name(out_path.name + ".partial.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=(n,))
     started = time.monotonic()
     try:
-        for start, log_p in _log_probs(model, args.data, masks, args.batch_rows):
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float64, shape=(n,))
+        for start, log_p in batches:
             out[start : start + len(log_p)] = log_p
         out.flush()
         del out

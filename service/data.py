@@ -163,10 +163,10 @@ def load(spec: str, likelihood: Likelihood, n_dims: int | None = None, role: str
 
 
 def iter_batches(
-    spec: str, likelihood: Likelihood, n_dims: int, batch_rows: int, role: str = "eval"
+    array: np.ndarray, source: str, likelihood: Likelihood, n_dims: int, batch_rows: int
 ) -> Iterator[torch.Tensor]:
-    """Validated (<=batch_rows, D) tensors, reading a memory-mapped .npy a batch at a time."""
-    array, source = open_array(spec, role)
+    """Validated (<=batch_rows, D) tensors of an array from `open_array`; a memory-mapped .npy is read one
+    batch at a time, and error messages count rows from the start of the file."""
     if array.shape[0] == 0:
         raise DataError(f"{source}: no rows")
     if array.shape[1] != n_dims:
@@ -174,7 +174,3 @@ def iter_batches(
     for start in range(0, array.shape[0], batch_rows):
         chunk = np.asarray(array[start : start + batch_rows])
         yield validate(chunk, likelihood, n_dims, source, row_offset=start)
-
-
-def count_rows(spec: str, role: str = "eval") -> int:
-    return open_array(spec, role)[0].shape[0]

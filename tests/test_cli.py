@@ -50,7 +50,7 @@ def test_train_writes_a_checkpoint_with_its_training_record(trained):
     assert record.best_valid_nll == pytest.approx(summary["best_valid_nll"], abs=1e-3)
     # Not a terminal: plain log lines, one per epoch, with both NLLs.
     epoch_lines = [line for line in result.stderr.splitlines() if "made.train: epoch" in line]
-    assert len(epoch_lines) == 4 and all("train_nll=" in l and "valid_nll=" in l for l in epoch_lines)
+    assert len(epoch_lines) == 4 and all("train_nll=" in line and "valid_nll=" in line for line in epoch_lines)
     assert "chain.npz:valid_x" in result.stderr  # the npz's own validation split was used
 
 
@@ -115,5 +115,5 @@ def test_user_errors_exit_2_with_one_clear_line(trained, tmp_path):
     for args, message in cases:
         result = made(*args, check=False)
         assert result.returncode == 2, (args, result.stderr)
-        assert f"made: error: " in result.stderr and message in result.stderr, result.stderr
+        assert "made: error: " in result.stderr and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr

@@ -69,9 +69,12 @@ def test_streamed_batches_report_rows_of_the_whole_file(tmp_path):
     x = np.zeros((100, 3))
     x[57, 1] = 0.25
     np.save(tmp_path / "x.npy", x)
+    array, source = data.open_array(str(tmp_path / "x.npy"))
+    batches = data.iter_batches(array, source, BERNOULLI, 3, batch_rows=10)
+    for _ in range(5):  # rows 0..49 are fine
+        assert next(batches).shape == (10, 3)
     with pytest.raises(DataError, match="row 57, column 1"):
-        for _ in data.iter_batches(str(tmp_path / "x.npy"), BERNOULLI, 3, batch_rows=10):
-            pass
+        next(batches)
 
 
 def test_csv_problems(tmp_path):

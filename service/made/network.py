@@ -168,7 +168,7 @@ class MADE(nn.Module):
         device = self.input_degrees.device
         input_degrees = input_degrees.to(device)
         previous = input_degrees
-        for layer, degrees in zip(self.hidden, hidden_degrees):
+        for layer, degrees in zip(self.hidden, hidden_degrees, strict=True):
             degrees = degrees.to(device)
             layer.set_mask(hidden_mask(previous, degrees))
             previous = degrees
