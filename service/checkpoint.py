@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .calibration import Calibration
 from .made import MADE, MADEConfig, MADEDensity, make_likelihood
 from .made.masks import check_degrees
 
@@ -92,7 +93,7 @@ class CheckpointConfig(BaseModel):
     standardisation: Standardisation | None = None
     weights_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     training: TrainingRecord | None = None
-    calibration: dict[str, Any] | None = None
+    calibration: Calibration | None = None
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -102,6 +103,8 @@ class CheckpointConfig(BaseModel):
             )
         if self.eval_masks > self.n_masks:
             raise ValueError(f"eval_masks={self.eval_masks} exceeds n_masks={self.n_masks}")
+        if self.calibration is not None and self.calibration.masks > self.n_masks:
+            raise ValueError(f"calibration.masks={self.calibration.masks} exceeds n_masks={self.n_masks}")
         if self.input_shape is not None and _prod(self.input_shape) != self.n_dims:
             raise ValueError(f"input_shape {self.input_shape} does not hold n_dims={self.n_dims} values")
         real = self.likelihood.name in ("gaussian", "mog")
@@ -147,7 +150,7 @@ def config_for(
     model: MADEDensity,
     input_shape: list[int] | None = None,
     training: dict | None = None,
-    calibration: dict | None = None,
+    calibration: Calibration | None = None,
     weights_dtype: str = "float32",
 ) -> CheckpointConfig:
     net = model.network.config
@@ -182,7 +185,7 @@ def save(
     *,
     input_shape: list[int] | None = None,
     training: dict | None = None,
-    calibration: dict | None = None,
+    calibration: Calibration | None = None,
     weights_dtype: str = "float32",
 ) -> CheckpointConfig:
     """Write config.json and weights.safetensors; each file appears whole (written aside, then renamed)."""

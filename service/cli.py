@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import __version__, checkpoint, data, logs
+from . import __version__, calibration, checkpoint, data, logs
 from .checkpoint import CheckpointError
 from .data import DataError
 from .devices import resolve_device
 from .made import ACTIVATIONS, LIKELIHOODS, MASK_RESAMPLING, build, make_generator, make_likelihood, sample
 from .made.masks import ORDERINGS
-from .training import LR_SCHEDULES, TrainConfig, mean_nll, standardisation, train
+from .training import LR_SCHEDULES, TrainConfig, standardisation, train
 
 log = logging.getLogger("made.cli")
 SCORE_BATCH_ROWS = 4096
@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help=".npy, .npz[:key] (default key: x, else valid_x) or .csv")
     p.add_argument("--out", required=True, help="output .npy: one float64 log-probability (nats) per row")
     p.add_argument("--batch-rows", type=int, default=SCORE_BATCH_ROWS)
+
+    p = commands.add_parser("calibrate", help="recompute anomaly calibration from normal held-out data",
+                            formatter_class=DEFAULTS)
+    _model_args(p)
+    p.add_argument("--data", required=True, help="rows the model should call normal (not its training data)")
+    p.add_argument("--fpr", type=float, default=calibration.DEFAULT_FPR,
+                   help="default false-positive rate for the anomaly threshold")
 
     p = commands.add_parser("sample", help="draw samples into an .npy file", formatter_class=DEFAULTS)
     _model_args(p)
@@ -190,7 +197,8 @@ def cmd_train(args) -> int:
     )
     result = train(model, train_x, valid_x, config)
     eval_masks = model.network.config.eval_masks
-    valid_nll = mean_nll(model, valid_x, masks=eval_masks)
+    valid_scores = calibration.scores_of(model, valid_x, masks=eval_masks)
+    valid_nll = float(valid_scores.mean())
     record = {
         "command": args.command_line,
         "data_file": args.data,
@@ -218,8 +226,19 @@ def cmd_train(args) -> int:
             for h in result.history
         ],
     }
+    calibrated = calibration.calibrate(
+        valid_scores,
+        masks=eval_masks,
+        data_file=valid_spec or f"{args.data} (held-out {args.valid_fraction or 0.1:g})",
+        data_sha256=record["valid_sha256"] or record["data_sha256"],
+    )
     checkpoint.save(
-        model, args.out, input_shape=args.input_shape, training=record, weights_dtype=args.weights_dtype
+        model,
+        args.out,
+        input_shape=args.input_shape,
+        training=record,
+        calibration=calibrated,
+        weights_dtype=args.weights_dtype,
     )
     summary = {"out": args.out, "best_valid_nll": round(valid_nll, 4), "masks": eval_masks,
                "epochs": result.epochs_run, "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1)}
@@ -301,6 +320,21 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    if not 0 < args.fpr < 1:
+        raise UsageError("--fpr must be between 0 and 1")
+    model, config, masks = _load(args)
+    n, batches = _log_probs(model, args.data, masks, SCORE_BATCH_ROWS)
+    scores = -np.concatenate([log_p for _, log_p in batches])
+    path = data.split_spec(args.data)[0]
+    config.calibration = calibration.calibrate(
+        scores, masks=masks, data_file=args.data, data_sha256=data.sha256_of(path), default_fpr=args.fpr
+    )
+    checkpoint.write_config(args.model, config)
+    print(json.dumps(config.calibration.summary()))
+    return 0
+
+
 def cmd_sample(args) -> int:
     if args.n < 1:
         raise UsageError("-n must be at least 1")
@@ -316,7 +350,13 @@ def cmd_sample(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "sample": cmd_sample}
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "score": cmd_score,
+    "calibrate": cmd_calibrate,
+    "sample": cmd_sample,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

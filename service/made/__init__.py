@@ -6,7 +6,7 @@ Pure PyTorch; no I/O and no web code. See Germain, Gregor, Murray & Larochelle (
 from .density import MADEDensity
 from .likelihoods import LIKELIHOODS, Likelihood, make_likelihood
 from .network import ACTIVATIONS, MADE, MASK_RESAMPLING, MADEConfig
-from .sampling import make_generator, sample
+from .sampling import Randomness, draw_randomness, make_generator, sample, sample_from_randomness
 
 __all__ = [
     "ACTIVATIONS",
@@ -16,9 +16,12 @@ __all__ = [
     "Likelihood",
     "MADEConfig",
     "MADEDensity",
+    "Randomness",
+    "draw_randomness",
     "make_generator",
     "make_likelihood",
     "sample",
+    "sample_from_randomness",
 ]
 
 

@@ -2,15 +2,23 @@
 
 It samples exactly the distribution that `MADEDensity.log_prob` scores: each sample picks one of the K
 ensemble masks uniformly, then fills the dimensions in that mask's order, drawing x_d from
-p(x_d | x_<d). Random numbers come from a `torch.Generator` in a fixed order (mask choices for all
-rows, then all per-dimension noise), so the same seed gives the same samples.
+p(x_d | x_<d). All randomness is drawn first (`draw_randomness`: the mask choice of every row, then all
+per-dimension noise) and the walk itself (`sample_from_randomness`) is deterministic. So the same seed
+gives the same samples, and rows drawn with different generators can be sampled together in one batch.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .density import MADEDensity
+
+
+class Randomness(NamedTuple):
+    mask_choice: torch.Tensor  # (n,) which of the K ensemble masks each row uses
+    noise: torch.Tensor  # (n, D, R) the random numbers each dimension consumes
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -22,25 +30,28 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     return generator
 
 
-@torch.no_grad()
-def sample(
+def draw_randomness(
     model: MADEDensity, n: int, masks: int | None = None, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """(n, D) samples in the data's original units."""
+) -> Randomness:
     K = model.resolve_masks(masks)
-    D, device, dtype = model.n_dims, model.device, model.dtype
+    mask_choice = torch.randint(K, (n,), generator=generator, device=model.device)
+    noise = model.likelihood.draw_noise(n, model.n_dims, generator, model.device).to(model.dtype)
+    return Randomness(mask_choice, noise)
+
+
+@torch.no_grad()
+def sample_from_randomness(model: MADEDensity, randomness: Randomness) -> torch.Tensor:
+    """(n, D) samples in the data's original units, a deterministic function of the randomness."""
+    mask_choice, noise = randomness
+    n, D = noise.shape[0], model.n_dims
     was_training = model.training
     model.eval()  # no dropout while sampling
     try:
-        mask_choice = torch.randint(K, (n,), generator=generator, device=device)  # (n,)
-        noise = model.likelihood.draw_noise(n, D, generator, device).to(dtype)  # (n, D, R)
-        z = torch.zeros(n, D, device=device, dtype=dtype)
-        for k in range(K):
+        z = torch.zeros(n, D, device=model.device, dtype=model.dtype)
+        for k in mask_choice.unique().tolist():
             rows = (mask_choice == k).nonzero(as_tuple=True)[0]
-            if len(rows) == 0:
-                continue
             model.network.use_mask(k)
-            z_k = torch.zeros(len(rows), D, device=device, dtype=dtype)  # (n_k, D), filled one dimension per pass
+            z_k = torch.zeros(len(rows), D, device=model.device, dtype=model.dtype)  # filled one dim per pass
             for d in model.network.ordering(k).tolist():
                 params = model.network(z_k)  # (n_k, P, D); column d depends only on the fixed x_<d
                 z_k[:, d] = model.likelihood.sample(params[:, :, d], noise[rows, d])
@@ -48,3 +59,10 @@ def sample(
         return model.destandardise(z)
     finally:
         model.train(was_training)
+
+
+def sample(
+    model: MADEDensity, n: int, masks: int | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(n, D) samples from the K-mask ensemble, in the data's original units."""
+    return sample_from_randomness(model, draw_randomness(model, n, masks, generator))

@@ -110,3 +110,14 @@ def test_samples_lie_in_the_support_and_dropout_is_off_while_sampling():
     assert bool(model.likelihood.in_support(samples).all())
     model.eval()
     assert torch.equal(sample(model, 200, generator=make_generator(0)), samples)
+
+
+def test_rows_drawn_with_different_generators_can_be_sampled_in_one_batch():
+    """What the server's batcher relies on: merging requests never changes a request's samples."""
+    from service.made import draw_randomness, sample_from_randomness
+
+    model = build(7, "categorical", categories=3, hidden_sizes=(16,), n_masks=3, order="random")
+    alone = [sample(model, n, generator=make_generator(seed)) for n, seed in ((5, 1), (9, 2))]
+    parts = [draw_randomness(model, n, generator=make_generator(seed)) for n, seed in ((5, 1), (9, 2))]
+    merged = sample_from_randomness(model, type(parts[0])(*(torch.cat(t) for t in zip(*parts))))
+    assert torch.equal(merged, torch.cat(alone))

@@ -1,0 +1,267 @@
+"""Dynamic batching: concurrent requests for one model and operation become one tensor batch.
+
+A queue of parts and one background loop, as in Ray Serve's batching: the loop waits for its first part,
+gives others up to `max_delay_s` to join or until `max_batch_rows` rows are waiting, takes what fits, runs
+the model off the event loop (in the compute executor) and hands each part its slice of the result.
+
+- A request with more rows than `max_batch_rows` is split into parts; its result is joined back in order.
+- The queue is bounded in *requests* (`max_queue_requests`); a full queue refuses at once (QueueFull), so
+  one large request never counts against itself.
+- Each request has a deadline. A request whose deadline passes while it is still queued fails with
+  DeadlineExceeded and never reaches the model; one already computing finishes.
+- A failing batch fails only whom it must: on out-of-memory the batch is retried in halves (down to one
+  row); on any other error each request of a shared batch is retried alone, so a poisoned request cannot
+  fail its batch-mates.
+- A waiter that went away (client disconnect, deadline) leaves a done future; results are never set on it.
+Payloads and results are tuples of tensors whose first dimension is the row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import torch
+
+from . import metrics
+from .errors import APIError, ComputeFailed, DeadlineExceeded, OutOfMemory, QueueFull, ShuttingDown
+
+log = logging.getLogger("made.batcher")
+
+Tensors = tuple[torch.Tensor, ...]
+# compute(payloads) -> (one result per payload, model version that computed them)
+Compute = Callable[[Sequence[Tensors]], tuple[list[Tensors], int]]
+
+
+def rows_of(payload: Tensors) -> int:
+    return int(payload[0].shape[0])
+
+
+def slice_rows(payload: Tensors, start: int, stop: int) -> Tensors:
+    return tuple(t[start:stop] for t in payload)
+
+
+def join_rows(parts: Sequence[Tensors]) -> Tensors:
+    return parts[0] if len(parts) == 1 else tuple(torch.cat(ts) for ts in zip(*parts, strict=True))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+@dataclass
+class _Request:
+    parts_waiting: int
+    enqueued: float
+    deadline: float
+    in_queue: bool = True
+
+
+@dataclass
+class _Part:
+    payload: Tensors
+    request: _Request
+    future: asyncio.Future
+    taken: bool = field(default=False)
+
+    @property
+    def rows(self) -> int:
+        return rows_of(self.payload)
+
+
+class Batcher:
+    def __init__(
+        self,
+        model: str,
+        operation: str,
+        compute: Compute,
+        executor: Executor,
+        *,
+        max_batch_rows: int,
+        max_delay_s: float,
+        max_queue_requests: int,
+    ):
+        self.model, self.operation = model, operation
+        self.compute = compute
+        self.executor = executor
+        self.max_batch_rows = max_batch_rows
+        self.max_delay_s = max_delay_s
+        self.max_queue_requests = max_queue_requests
+        self._queue: collections.deque[_Part] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._waiting_requests = 0
+        self._busy = False
+        self._closed = False
+        self._loop_task: asyncio.Task | None = None
+        self._labels = {"model": model, "operation": operation}
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.model}")
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._busy
+
+    async def close(self) -> None:
+        """Refuse new work, let the queue drain, then stop the loop."""
+        self._closed = True
+        while not self.idle:
+            await asyncio.sleep(0.01)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+
+    # ---- the request side --------------------------------------------------------------------------
+    async def submit(self, payload: Tensors, deadline: float) -> tuple[Tensors, int]:
+        """The result for `payload` and the model version that computed it; `deadline` on loop.time()."""
+        if self._closed:
+            raise ShuttingDown("the server is shutting down and takes no new work")
+        if self._waiting_requests >= self.max_queue_requests:
+            raise QueueFull(
+                f"the queue for {self.model}/{self.operation} is full "
+                f"({self.max_queue_requests} requests waiting); retry shortly",
+                headers={"Retry-After": "1"},
+                limit=self.max_queue_requests,
+            )
+        loop = asyncio.get_running_loop()
+        n = rows_of(payload)
+        bounds = [(s, min(s + self.max_batch_rows, n)) for s in range(0, n, self.max_batch_rows)]
+        request = _Request(parts_waiting=len(bounds), enqueued=loop.time(), deadline=deadline)
+        parts = [_Part(slice_rows(payload, a, b), request, loop.create_future()) for a, b in bounds]
+        self._waiting_requests += 1
+        metrics.QUEUE_DEPTH.labels(**self._labels).inc()
+        self._queue.extend(parts)
+        self._arrived.set()
+        futures = [p.future for p in parts]
+        try:
+            _, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
+            if pending and any(not p.taken for p in parts):
+                raise DeadlineExceeded("the request's deadline passed while it waited in the queue")
+            if pending:  # every part is computing already: let them finish
+                await asyncio.wait(pending)
+            results = [f.result() for f in futures]  # raises the first part's error
+        finally:
+            for p in parts:  # a deadline or a cancelled waiter: whatever is still queued is dropped
+                if not p.future.done():
+                    p.future.cancel()
+            self._leave_queue(request)
+        return join_rows([r for r, _ in results]), results[0][1]
+
+    def _leave_queue(self, request: _Request) -> None:
+        if request.in_queue:
+            request.in_queue = False
+            self._waiting_requests -= 1
+            metrics.QUEUE_DEPTH.labels(**self._labels).dec()
+
+    # ---- the loop side -----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            # Give others until the first part's delay runs out to join, unless the batch is full already.
+            collect_until = self._queue[0].request.enqueued + self.max_delay_s
+            while self._queued_rows() < self.max_batch_rows and not self._closed:
+                remaining = collect_until - loop.time()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), timeout=remaining)
+                except TimeoutError:
+                    break
+            batch = self._take(loop.time())
+            if not batch:
+                continue
+            self._busy = True
+            try:
+                await self._execute(batch)
+            finally:
+                self._busy = False
+
+    def _queued_rows(self) -> int:
+        return sum(p.rows for p in self._queue if not p.future.done())
+
+    def _take(self, now: float) -> list[_Part]:
+        batch: list[_Part] = []
+        rows = 0
+        while self._queue and (not batch or rows + self._queue[0].rows <= self.max_batch_rows):
+            part = self._queue.popleft()
+            if part.future.done():  # cancelled: its waiter is gone
+                continue
+            if now > part.request.deadline:
+                part.future.set_exception(DeadlineExceeded("the request's deadline passed in the queue"))
+                continue
+            part.taken = True
+            batch.append(part)
+            rows += part.rows
+            part.request.parts_waiting -= 1
+            if part.request.parts_waiting == 0 and part.request.in_queue:
+                metrics.QUEUE_WAIT.labels(**self._labels).observe(now - part.request.enqueued)
+                self._leave_queue(part.request)
+        return batch
+
+    async def _execute(self, batch: list[_Part]) -> None:
+        loop = asyncio.get_running_loop()
+        rows = sum(p.rows for p in batch)
+        metrics.BATCH_ROWS.labels(**self._labels).observe(rows)
+        started = time.perf_counter()
+        try:
+            outcomes = await loop.run_in_executor(self.executor, self._guarded, [p.payload for p in batch])
+        except Exception as exc:  # the executor itself failed: nobody may hang
+            outcomes = [ComputeFailed(f"model computation failed: {exc}")] * len(batch)
+        metrics.COMPUTE.labels(**self._labels).observe(time.perf_counter() - started)
+        for part, outcome in zip(batch, outcomes, strict=True):
+            if part.future.done():  # the client went away while its batch was computing
+                continue
+            if isinstance(outcome, BaseException):
+                part.future.set_exception(outcome)
+            else:
+                part.future.set_result(outcome)
+
+    # ---- runs in the compute executor ----------------------------------------------------------------
+    def _guarded(self, payloads: list[Tensors]) -> list[tuple[Tensors, int] | APIError]:
+        """One outcome per payload: (result, version), or the error that payload must get."""
+        try:
+            results, version = self.compute(payloads)
+            if len(results) != len(payloads):
+                raise RuntimeError(f"compute returned {len(results)} results for {len(payloads)} requests")
+            return [(r, version) for r in results]
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                return self._retry_in_halves(payloads, exc)
+            if len(payloads) > 1:  # find out whose rows fail: each request alone
+                log.warning("batch failed; retrying its requests one by one", extra={"model": self.model,
+                            "operation": self.operation, "error": str(exc)})
+                return [outcome for p in payloads for outcome in self._guarded([p])]
+            log.exception("model computation failed", extra={"model": self.model, "operation": self.operation})
+            return [ComputeFailed(f"model computation failed: {exc}")]
+
+    def _retry_in_halves(self, payloads: list[Tensors], exc: Exception) -> list:
+        if len(payloads) > 1:
+            middle = len(payloads) // 2
+            return self._guarded(payloads[:middle]) + self._guarded(payloads[middle:])
+        payload = payloads[0]
+        n = rows_of(payload)
+        if n <= 1:
+            return [OutOfMemory(f"the device is out of memory even for one row: {exc}",
+                                headers={"Retry-After": "5"})]
+        middle = n // 2
+        halves = [self._guarded([slice_rows(payload, 0, middle)])[0],
+                  self._guarded([slice_rows(payload, middle, n)])[0]]
+        for half in halves:
+            if isinstance(half, BaseException):
+                return [half]
+        return [(join_rows([halves[0][0], halves[1][0]]), halves[0][1])]
