@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -105,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="rows the model should call normal (not its training data)")
     p.add_argument("--fpr", type=float, default=calibration.DEFAULT_FPR,
                    help="default false-positive rate for the anomaly threshold")
+
+    p = commands.add_parser("serve", help="run the REST service on a model repository",
+                            description="Every option also reads MADE_<NAME> from the environment "
+                                        "(e.g. MADE_MAX_BATCH_ROWS); flags win. See docs/api.md.")
+    p.add_argument("--model-repository", help="directory of <name>/<version>/ checkpoints (default: models)")
+    p.add_argument("--host", help="interface to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: 8000)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--workers", type=int, help="server processes (default: 1; one per device is the unit)")
+    p.add_argument("--max-batch-rows", type=int, help="rows merged into one model call (default: 4096)")
+    p.add_argument("--max-batch-delay-ms", type=float, help="wait for a batch to fill (default: 2)")
+    p.add_argument("--max-queue-requests", type=int, help="queued requests per model and operation (default: 256)")
+    p.add_argument("--request-timeout-s", type=float, help="default request deadline (default: 30)")
 
     p = commands.add_parser("sample", help="draw samples into an .npy file", formatter_class=DEFAULTS)
     _model_args(p)
@@ -335,6 +349,28 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+SERVE_FLAGS = ("model_repository", "host", "port", "device", "workers", "max_batch_rows", "max_batch_delay_ms",
+               "max_queue_requests", "request_timeout_s")
+
+
+def cmd_serve(args) -> int:
+    from pydantic import ValidationError
+
+    from .api.server import serve
+    from .settings import Settings
+
+    overrides = {name: getattr(args, name) for name in SERVE_FLAGS if getattr(args, name) is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise UsageError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    # Worker processes build their settings from the environment: hand the flags on through it.
+    for name, value in overrides.items():
+        os.environ[f"MADE_{name.upper()}"] = str(value)
+    serve(settings)
+    return 0
+
+
 def cmd_sample(args) -> int:
     if args.n < 1:
         raise UsageError("-n must be at least 1")
@@ -356,6 +392,7 @@ COMMANDS = {
     "score": cmd_score,
     "calibrate": cmd_calibrate,
     "sample": cmd_sample,
+    "serve": cmd_serve,
 }
 
 if __name__ == "__main__":

@@ -24,7 +24,12 @@ ROLE_KEYS = {"train": "train_x", "valid": "valid_x", "eval": "valid_x"}
 
 
 class DataError(ValueError):
-    """Input data that cannot be used: unreadable, the wrong shape, or values the model cannot score."""
+    """Input data that cannot be used: unreadable, the wrong shape, or values the model cannot score.
+    `row` and `column` (from 0) locate a bad value when there is one."""
+
+    def __init__(self, message: str, row: int | None = None, column: int | None = None):
+        super().__init__(message)
+        self.row, self.column = row, column
 
 
 def split_spec(spec: str) -> tuple[Path, str | None]:
@@ -139,14 +144,18 @@ def validate(
         row, col = _first_false(finite)
         raise DataError(
             f"{source}: value {original[row, col].item()!r} at row {row + row_offset}, column {col} "
-            "is not a finite number (NaN, Inf, or beyond float32)"
+            "is not a finite number (NaN, Inf, or beyond float32)",
+            row=row + row_offset,
+            column=col,
         )
     supported = likelihood.in_support(original.to(torch.float64))
     if not bool(supported.all()):
         row, col = _first_false(supported)
         raise DataError(
             f"{source}: value {original[row, col].item()!r} at row {row + row_offset}, column {col} "
-            f"is outside the support of the {likelihood.name} likelihood ({likelihood.support})"
+            f"is outside the support of the {likelihood.name} likelihood ({likelihood.support})",
+            row=row + row_offset,
+            column=col,
         )
     return values
 

@@ -45,7 +45,8 @@ def _text(value) -> str:
 def configure(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else KeyValueFormatter())
-    root = logging.getLogger("made")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    for name in ("made", "uvicorn", "uvicorn.error"):  # the server's own lines in the same format
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False

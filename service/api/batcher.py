@@ -237,6 +237,8 @@ class Batcher:
             if len(results) != len(payloads):
                 raise RuntimeError(f"compute returned {len(results)} results for {len(payloads)} requests")
             return [(r, version) for r in results]
+        except APIError as exc:  # e.g. the model became unavailable: the same answer for everyone
+            return [exc] * len(payloads)
         except Exception as exc:
             if is_out_of_memory(exc):
                 if torch.cuda.is_available():

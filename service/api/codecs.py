@@ -1,0 +1,154 @@
+"""Request bodies in, response bodies out: JSON (orjson), .npy (numpy, never pickles) and PNG grids."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import orjson
+from PIL import Image
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import InvalidInput, MalformedRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
+
+JSON = "application/json"
+NPY = "application/x-npy"
+PNG = "image/png"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) one over `limit` bytes whether or not it declares its length."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {int(declared)} bytes is over the limit of {limit} bytes",
+                              limit=limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def content_type(request: Request) -> str:
+    return request.headers.get("content-type", JSON).split(";")[0].strip().lower() or JSON
+
+
+def wants(request: Request, *offered: str) -> str:
+    """The representation to answer with, from the Accept header; the first offered one by default."""
+    accept = request.headers.get("accept", "")
+    if not accept or "*/*" in accept:
+        return offered[0]
+    for media in (part.split(";")[0].strip().lower() for part in accept.split(",")):
+        if media in offered:
+            return media
+        if media == "application/*" and any(o.startswith("application/") for o in offered):
+            return next(o for o in offered if o.startswith("application/"))
+    raise NotAcceptable(f"cannot answer with {accept!r}; this route offers {', '.join(offered)}")
+
+
+def parse_json(body: bytes) -> dict:
+    if not body:
+        raise MalformedRequest("empty body; expected a JSON object")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise MalformedRequest(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def rows_from_json(value, field: str = "inputs") -> np.ndarray:
+    """(N, D) float64 from a list of equal-length lists of numbers; null becomes NaN (missing)."""
+    if not isinstance(value, list):
+        raise InvalidInput(f"'{field}' must be a list of rows (lists of numbers)", field=field)
+    if not value:
+        raise InvalidInput(f"'{field}' is empty: send at least one row", field=field)
+    for i, row in enumerate(value):
+        if not isinstance(row, list):
+            raise InvalidInput(f"'{field}' row {i} is not a list of numbers", field=field, row=i)
+    width = len(value[0])
+    for i, row in enumerate(value):
+        if len(row) != width:
+            raise InvalidInput(f"'{field}' is ragged: row {i} has {len(row)} values, row 0 has {width}",
+                               field=field, row=i)
+    try:
+        array = np.array(value)  # numbers only (not true/false): float64 or int64, at C speed
+        if array.dtype.kind in "iuf" and array.ndim == 2:
+            return array.astype(np.float64)
+    except ValueError:  # a nested list inside a row
+        pass
+    # Slow path, only for bodies holding something else: nulls (missing values) or a non-number to name.
+    for i, row in enumerate(value):
+        for j, v in enumerate(row):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                raise InvalidInput(f"'{field}' row {i}, column {j} is {v!r}, not a number",
+                                   field=field, row=i, column=j)
+    return np.array(value, dtype=np.float64)  # null -> NaN
+
+
+def rows_from_npy(body: bytes) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise MalformedRequest(f"body is not a valid .npy array: {exc}") from None
+    if isinstance(array, np.lib.npyio.NpzFile):
+        raise MalformedRequest("body is an .npz archive; send a single .npy array")
+    if array.dtype.kind not in "biuf":
+        raise InvalidInput(f".npy body has dtype {array.dtype}; expected numbers")
+    if array.ndim != 2:
+        raise InvalidInput(f".npy body has shape {list(array.shape)}; expected (rows, dimensions)")
+    if array.shape[0] == 0:
+        raise InvalidInput(".npy body has no rows")
+    return array
+
+
+def read_rows(request: Request, body: bytes, obj: dict | None) -> np.ndarray:
+    if content_type(request) == NPY:
+        return rows_from_npy(body)
+    return rows_from_json(obj.get("inputs") if obj else None)
+
+
+def require_content_type(request: Request, *allowed: str) -> str:
+    kind = content_type(request)
+    if kind not in allowed:
+        raise UnsupportedMediaType(f"Content-Type {kind!r} is not accepted here; use {' or '.join(allowed)}")
+    return kind
+
+
+def json_response(payload: dict, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
+                    media_type=JSON, headers=headers)
+
+
+def npy_response(array: np.ndarray, headers: dict | None = None) -> Response:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return Response(buffer.getvalue(), media_type=NPY, headers=headers)
+
+
+def png_grid(samples: np.ndarray, shape: list[int], low: float, high: float, scale: int = 2) -> bytes:
+    """A grid of images, one per sample, with a 1-pixel gap; values mapped from [low, high] to 0..255."""
+    if len(shape) != 2:
+        raise NotAcceptable(f"image/png needs a model with a 2-D input_shape; this one has {shape}")
+    n = len(samples)
+    height, width = shape
+    columns = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    grid = np.full((rows * (height + 1) + 1, columns * (width + 1) + 1), 128, dtype=np.uint8)
+    span = (high - low) or 1.0
+    pixels = np.clip((samples.reshape(n, height, width) - low) / span, 0, 1) * 255
+    for i in range(n):
+        r, c = divmod(i, columns)
+        top, left = 1 + r * (height + 1), 1 + c * (width + 1)
+        grid[top : top + height, left : left + width] = pixels[i].astype(np.uint8)
+    image = Image.fromarray(grid, mode="L")
+    if scale > 1:
+        image = image.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

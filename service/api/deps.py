@@ -1,0 +1,89 @@
+"""Reusable route dependencies: the engine, the request's deadline, admin auth, and body parsing."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from pydantic import BaseModel, ValidationError
+
+from . import codecs
+from .engine import Engine
+from .errors import InvalidInput, Unauthorized
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+async def request_deadline(
+    engine: EngineDep,
+    x_request_timeout: Annotated[
+        str | None, Header(description="seconds this request may wait in the queue; lowers the server's default")
+    ] = None,
+) -> float:
+    requested = None
+    if x_request_timeout is not None:
+        try:
+            requested = float(x_request_timeout)
+        except ValueError:
+            requested = -1.0
+        if not requested > 0:
+            raise InvalidInput(f"X-Request-Timeout must be a positive number of seconds, got {x_request_timeout!r}",
+                               field="X-Request-Timeout")
+    return engine.deadline(requested)
+
+
+DeadlineDep = Annotated[float, Depends(request_deadline)]
+
+
+async def require_admin(request: Request, engine: EngineDep) -> None:
+    token = engine.settings.admin_token
+    if token is None:
+        return
+    given = request.headers.get("authorization", "")
+    expected = f"Bearer {token.get_secret_value()}"
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("this admin route needs 'Authorization: Bearer <admin token>'")
+
+
+def validate_options(model: type[BaseModel], values: dict):
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise InvalidInput(f"{where}: {err['msg']}", field=where) from None
+
+
+async def read_rows_and_options(request: Request, engine: Engine, options_model: type[BaseModel]):
+    """(options, rows) from a JSON body, or from an .npy body with the options in the query string."""
+    kind = codecs.require_content_type(request, codecs.JSON, codecs.NPY)
+    body = await codecs.read_body(request, engine.settings.max_body_bytes)
+    if kind == codecs.NPY:
+        return validate_options(options_model, dict(request.query_params)), codecs.rows_from_npy(body)
+    obj = codecs.parse_json(body)
+    if "inputs" not in obj:
+        raise InvalidInput("the body needs 'inputs': a list of rows", field="inputs")
+    options = validate_options(options_model, {k: v for k, v in obj.items() if k != "inputs"})
+    return options, codecs.rows_from_json(obj["inputs"])
+
+
+def body_docs(model: type[BaseModel], npy: bool = False, query: type[BaseModel] | None = None) -> dict:
+    """openapi_extra for routes that parse their body themselves: the JSON schema, and .npy if accepted."""
+    content = {codecs.JSON: {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}
+    if npy:
+        content[codecs.NPY] = {"schema": {"type": "string", "format": "binary",
+                                          "description": "an (N, D) .npy array; options in the query string"}}
+    extra: dict = {"requestBody": {"required": True, "content": content}}
+    if query is not None:
+        extra["parameters"] = [
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"},
+             "description": f"with an .npy body: {field.description or name}"}
+            for name, field in query.model_fields.items()
+        ]
+    return extra

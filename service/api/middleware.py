@@ -1,0 +1,70 @@
+"""Pure ASGI middleware around every HTTP request: in-flight count, latency metrics, draining, access log.
+
+Pure ASGI rather than BaseHTTPMiddleware, so streaming bodies and client disconnects pass through
+untouched. The route label is the route's template (`/v1/models/{name}/log-prob`), never the raw path,
+and the model label is a served model's name or "" (unknown names cannot grow the label set).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from . import metrics
+from .errors import error_response
+
+log = logging.getLogger("made.access")
+errors_log = logging.getLogger("made.api")
+ALWAYS_OPEN = ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
+
+
+class RequestTracking:
+    def __init__(self, app, access_log: bool = False):
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        engine = getattr(scope["app"].state, "engine", None) if "app" in scope else None
+        path = scope["path"]
+        if engine is not None and engine.draining and path not in ALWAYS_OPEN:
+            metrics.REJECTIONS.labels(model="", reason="shutting_down").inc()
+            response = error_response(path, 503, "shutting_down", "the server is shutting down; retry elsewhere",
+                                      headers={"Connection": "close", "Retry-After": "1"})
+            return await response(scope, receive, send)
+
+        status = 500
+        responded = False
+        started = time.perf_counter()
+
+        async def send_wrapper(message):
+            nonlocal status, responded
+            if message["type"] == "http.response.start":
+                status, responded = message["status"], True
+            await send(message)
+
+        if engine is not None:
+            engine.in_flight += 1
+        metrics.REQUESTS_IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:  # a bug, not a user error: logged once, answered as JSON, the server goes on
+            errors_log.exception("unhandled error", extra={"method": scope["method"], "path": path})
+            if not responded:
+                response = error_response(path, 500, "internal_error", "internal error; see the server log")
+                await response(scope, receive, send_wrapper)
+        finally:
+            if engine is not None:
+                engine.in_flight -= 1
+            metrics.REQUESTS_IN_FLIGHT.dec()
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            name = (scope.get("path_params") or {}).get("name", "")
+            model = name if engine is not None and name in engine.registry.entries else ""
+            metrics.REQUEST_DURATION.labels(route=template, method=scope["method"], model=model,
+                                            status=str(status)).observe(elapsed)
+            if self.access_log:
+                log.info("request", extra={"method": scope["method"], "path": path, "status": status,
+                                           "seconds": round(elapsed, 6)})

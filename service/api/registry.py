@@ -1,0 +1,231 @@
+"""The model repository as the server sees it: `<repository>/<name>/<version>/` checkpoint directories.
+
+Each model name serves one version: the highest complete one, unless the settings pin another. Loading
+happens in a loader thread (never on the event loop, never blocking compute); a loaded model is warmed,
+then swapped in by assigning one reference, so every batch sees either the old version or the new one.
+A load that fails leaves the old version serving and is reported (log, /v1/models, metrics). The watcher
+polls the repository and loads new versions as they appear; a version that failed is retried only when
+its files change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint
+from ..calibration import Calibration
+from ..checkpoint import CheckpointConfig, CheckpointError
+from ..made import MADEDensity, make_generator, sample
+from ..settings import Settings
+from . import metrics
+from .errors import ModelNotFound, ModelNotReady
+
+log = logging.getLogger("made.registry")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    version: int
+    path: Path
+    model: MADEDensity
+    config: CheckpointConfig
+    device: torch.device
+    loaded_at: float
+    load_seconds: float
+
+    @property
+    def calibration(self) -> Calibration | None:
+        return self.config.calibration
+
+    def shares_ordering(self, masks: int) -> bool:
+        orderings = [self.model.network.ordering(k) for k in range(masks)]
+        return all(torch.equal(o, orderings[0]) for o in orderings)
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    current: ServedModel | None = None
+    loading_version: int | None = None
+    last_error: str | None = None
+    failed_signatures: dict[int, tuple] = field(default_factory=dict)
+    reload_task: asyncio.Task | None = None
+
+    @property
+    def state(self) -> str:
+        if self.current is not None:
+            return "ready"
+        return "loading" if self.loading_version is not None or self.last_error is None else "failed"
+
+
+def _signature(path: Path) -> tuple:
+    """Changes whenever the version's files change: a failed version is retried only then."""
+    stats = []
+    for name in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE):
+        try:
+            st = (path / name).stat()
+            stats.append((st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            stats.append(None)
+    return tuple(stats)
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, device: torch.device, loader: Executor):
+        self.settings = settings
+        self.root = Path(settings.model_repository)
+        self.device = device
+        self.loader = loader
+        self.entries: dict[str, ModelEntry] = {}
+        self.reloads = 0  # completed reload attempts (for tests and logs)
+
+    # ---- the repository ----------------------------------------------------------------------------
+    def versions(self, name: str) -> list[int]:
+        """Complete versions of a model (a directory named by an integer, holding a config.json)."""
+        directory = self.root / name
+        if not directory.is_dir():
+            return []
+        found = []
+        for child in directory.iterdir():
+            if child.is_dir() and child.name.isdigit() and (child / checkpoint.CONFIG_FILE).is_file():
+                found.append(int(child.name))
+        return sorted(found)
+
+    def names(self) -> list[str]:
+        if self.settings.models:
+            return list(self.settings.models)
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+
+    def target_version(self, name: str) -> int | None:
+        pinned = self.settings.model_versions.get(name)
+        if pinned is not None:
+            return pinned
+        versions = self.versions(name)
+        return versions[-1] if versions else None
+
+    # ---- lookups -------------------------------------------------------------------------------------
+    def get(self, name: str) -> ServedModel:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise ModelNotFound(f"no model named {name!r}; GET /v1/models lists the models served")
+        if entry.current is None:
+            detail = f": {entry.last_error}" if entry.last_error else " (still loading)"
+            raise ModelNotReady(f"model {name!r} is not ready{detail}", headers={"Retry-After": "5"})
+        return entry.current
+
+    def entry(self, name: str) -> ModelEntry:
+        if name not in self.entries:
+            raise ModelNotFound(f"no model named {name!r}; GET /v1/models lists the models served")
+        return self.entries[name]
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.entries) and all(e.current is not None for e in self.entries.values())
+
+    # ---- loading -------------------------------------------------------------------------------------
+    async def load_all(self) -> None:
+        names = self.names()
+        if not names:
+            log.warning("no models found", extra={"repository": str(self.root)})
+        for name in names:
+            self.entries.setdefault(name, ModelEntry(name))
+            metrics.set_model_state(name, "loading")
+        await asyncio.gather(*(self.reload(name) for name in names))
+
+    def reload_in_background(self, name: str) -> int | None:
+        """Start loading the target version of `name` (a no-op if one is loading); returns that version."""
+        entry = self.entries.setdefault(name, ModelEntry(name))
+        version = self.target_version(name)
+        if version is None:
+            raise ModelNotFound(f"no versions of {name!r} in the model repository {self.root}")
+        if entry.reload_task is None or entry.reload_task.done():
+            entry.reload_task = asyncio.get_running_loop().create_task(self.reload(name))
+        return version
+
+    async def reload(self, name: str) -> bool:
+        entry = self.entries.setdefault(name, ModelEntry(name))
+        version = self.target_version(name)
+        if version is None:
+            entry.last_error = f"no versions of {name!r} in {self.root}"
+            metrics.set_model_state(name, entry.state)
+            return False
+        path = self.root / name / str(version)
+        entry.loading_version = version
+        if entry.current is None:
+            metrics.set_model_state(name, "loading")
+        started = time.perf_counter()
+        try:
+            model, config = await asyncio.get_running_loop().run_in_executor(self.loader, self._load, path)
+        except (CheckpointError, RuntimeError, ValueError, OSError) as exc:
+            entry.loading_version = None
+            entry.last_error = f"version {version}: {exc}"
+            entry.failed_signatures[version] = _signature(path)
+            metrics.MODEL_LOADS.labels(model=name, result="failed").inc()
+            metrics.set_model_state(name, entry.state)
+            log.error("model failed to load", extra={"model": name, "version": version, "error": str(exc),
+                                                     "serving": entry.current.version if entry.current else None})
+            self.reloads += 1
+            return False
+        seconds = time.perf_counter() - started
+        previous = entry.current
+        entry.current = ServedModel(name, version, path, model, config, self.device, time.time(), seconds)
+        entry.loading_version = None
+        entry.last_error = None
+        entry.failed_signatures.pop(version, None)
+        metrics.MODEL_LOADS.labels(model=name, result="loaded").inc()
+        metrics.MODEL_LOAD_DURATION.labels(model=name).set(seconds)
+        metrics.set_model_state(name, "ready")
+        if previous is not None:
+            metrics.MODEL_INFO.labels(name, str(previous.version), previous.config.likelihood.name,
+                                      str(self.device)).set(0)
+        metrics.MODEL_INFO.labels(name, str(version), config.likelihood.name, str(self.device)).set(1)
+        log.info("model ready", extra={"model": name, "version": version, "seconds": round(seconds, 3),
+                                       "replaced": previous.version if previous else None})
+        self.reloads += 1
+        return True
+
+    def _load(self, path: Path) -> tuple[MADEDensity, CheckpointConfig]:
+        """Load and warm one version (runs in the loader thread; the model is not shared yet)."""
+        model, config = checkpoint.load(path, device=self.device)
+        with torch.inference_mode():
+            warm = model.shift.expand(2, -1).clone() if model.likelihood.real_valued else torch.zeros(
+                2, model.n_dims, device=self.device)
+            model.log_prob(warm, masks=config.eval_masks)
+            sample(model, 1, masks=1, generator=make_generator(0, self.device))
+        model.network.use_mask(0)
+        return model, config
+
+    # ---- watching the repository ------------------------------------------------------------------------
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_poll_s)
+            try:
+                self.check_for_new_versions()
+            except Exception:  # a flaky filesystem must not stop the watcher
+                log.exception("repository scan failed")
+
+    def check_for_new_versions(self) -> None:
+        for name in self.names():
+            entry = self.entries.get(name)
+            version = self.target_version(name)
+            if version is None:
+                continue
+            if entry is not None:
+                if entry.reload_task is not None and not entry.reload_task.done():
+                    continue
+                if entry.current is not None and entry.current.version == version:
+                    continue
+                if entry.failed_signatures.get(version) == _signature(self.root / name / str(version)):
+                    continue  # failed before and unchanged since
+            log.info("new model version found", extra={"model": name, "version": version})
+            self.reload_in_background(name)

@@ -1,0 +1,99 @@
+"""POST /v1/models/{name}/log-prob, /anomaly and /sample: parse, call the engine, shape the answer."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from .. import codecs
+from ..deps import DeadlineDep, EngineDep, body_docs, read_rows_and_options, validate_options
+from ..errors import NotAcceptable
+from ..schemas import (
+    AnomalyOptions,
+    AnomalyRequest,
+    AnomalyResponse,
+    ErrorResponse,
+    LogProbOptions,
+    LogProbRequest,
+    LogProbResponse,
+    SampleRequest,
+    SampleResponse,
+)
+
+router = APIRouter(prefix="/v1/models", tags=["inference"])
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 406, 413, 415, 422, 503, 504)}
+
+
+@router.post("/{name}/log-prob", response_model=LogProbResponse, responses=ERRORS,
+             openapi_extra=body_docs(LogProbRequest, npy=True, query=LogProbOptions))
+async def log_prob(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
+    """Exact log p(x) in nats for each row, from one network pass per mask (K masks average probabilities).
+
+    JSON or `application/x-npy` in; `Accept: application/x-npy` answers with a float64 array (N,), or (N, D)
+    conditionals with per_dimension."""
+    options, rows = await read_rows_and_options(request, engine, LogProbOptions)
+    result = await engine.log_prob(name, rows, options.masks, options.per_dimension, deadline)
+    headers = {"X-Model-Version": str(result.version), "X-Masks": str(result.masks)}
+    if codecs.wants(request, codecs.JSON, codecs.NPY) == codecs.NPY:
+        return codecs.npy_response(result.per_dimension if options.per_dimension else result.log_prob, headers)
+    body = {"model": name, "version": result.version, "masks": result.masks, "log_prob": result.log_prob}
+    if result.per_dimension is not None:
+        body["per_dimension"] = result.per_dimension
+    return codecs.json_response(body, headers=headers)
+
+
+@router.post("/{name}/anomaly", response_model=AnomalyResponse, responses=ERRORS | {409: {"model": ErrorResponse}},
+             openapi_extra=body_docs(AnomalyRequest, npy=True, query=AnomalyOptions))
+async def anomaly(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
+    """Anomaly score (negative log-likelihood), p-value against the model's calibration data, and a flag at
+    the threshold for the requested false-positive rate. `Accept: application/x-npy` answers with a
+    structured array (score, p_value, is_anomaly)."""
+    options, rows = await read_rows_and_options(request, engine, AnomalyOptions)
+    result = await engine.anomaly(name, rows, options.fpr, deadline)
+    headers = {"X-Model-Version": str(result.version), "X-Masks": str(result.masks),
+               "X-Threshold": repr(result.threshold), "X-FPR": repr(result.fpr)}
+    if codecs.wants(request, codecs.JSON, codecs.NPY) == codecs.NPY:
+        table = np.empty(len(result.score), dtype=[("score", "<f8"), ("p_value", "<f8"), ("is_anomaly", "?")])
+        table["score"], table["p_value"], table["is_anomaly"] = result.score, result.p_value, result.is_anomaly
+        return codecs.npy_response(table, headers)
+    return codecs.json_response(
+        {"model": name, "version": result.version, "masks": result.masks, "fpr": result.fpr,
+         "threshold": result.threshold, "score": result.score, "p_value": result.p_value,
+         "is_anomaly": result.is_anomaly},
+        headers=headers,
+    )
+
+
+@router.post("/{name}/sample", response_model=SampleResponse, responses=ERRORS,
+             openapi_extra=body_docs(SampleRequest) | {"responses": {"200": {"content": {
+                 codecs.JSON: {}, codecs.NPY: {}, codecs.PNG: {"schema": {"type": "string", "format": "binary"}}}}}})
+async def sample(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
+    """Draw n samples; the same seed gives the same samples. `Accept: image/png` returns a grid image for
+    models with a 2-D input shape; `application/x-npy` an (n, D) array."""
+    codecs.require_content_type(request, codecs.JSON)
+    accept = codecs.wants(request, codecs.JSON, codecs.NPY, codecs.PNG)
+    body = codecs.parse_json(await codecs.read_body(request, engine.settings.max_body_bytes))
+    options = validate_options(SampleRequest, body)
+    if accept == codecs.PNG:
+        served = engine.registry.get(name)
+        if not served.config.input_shape or len(served.config.input_shape) != 2:
+            raise NotAcceptable(f"model {name!r} has no 2-D input_shape, so it has no image form; "
+                                "ask for application/json or application/x-npy")
+    result = await engine.sample(name, options.n, options.seed, options.masks, deadline)
+    headers = {"X-Model-Version": str(result.version), "X-Seed": str(result.seed), "X-Masks": str(result.masks)}
+    samples = result.samples
+    likelihood = result.served.model.likelihood
+    if likelihood.name in ("bernoulli", "categorical"):
+        samples = samples.astype(np.int64)
+    if accept == codecs.PNG:
+        high = 1.0 if likelihood.name == "bernoulli" else getattr(likelihood, "categories", 0) - 1
+        low = 0.0
+        if likelihood.real_valued:
+            low, high = float(result.samples.min()), float(result.samples.max())
+        png = codecs.png_grid(result.samples, result.served.config.input_shape, low, high)
+        return Response(png, media_type=codecs.PNG, headers=headers)
+    if accept == codecs.NPY:
+        return codecs.npy_response(samples, headers)
+    return codecs.json_response({"model": name, "version": result.version, "masks": result.masks,
+                                 "seed": result.seed, "samples": samples}, headers=headers)
