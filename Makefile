@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint clean
+.PHONY: install test serve clean
 
 install: $(STAMP)
 
@@ -26,3 +26,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# The service on the bundled model repository (models/), at http://127.0.0.1:8000 (MADE_* variables apply).
+serve: $(STAMP)
+	$(BIN)/made serve $(SERVE_ARGS)

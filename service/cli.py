@@ -289,8 +289,8 @@ def _load(args):
 
 
 def _log_probs(model, spec: str, masks: int, batch_rows: int):
-    """(rows in the file, iterator of (start row, log p of a batch)), reading the file once and a batch
-    at a time where the format allows (a memory-mapped .npy)."""
+    """(rows in the file, the array's source, iterator of (start row, log p of a batch)), reading the file
+    once and a batch at a time where the format allows (a memory-mapped .npy)."""
     array, source = data.open_array(spec, role="eval")
 
     def batches():
@@ -303,12 +303,12 @@ def _log_probs(model, spec: str, masks: int, batch_rows: int):
                 start += len(batch)
                 bar.update(len(batch))
 
-    return len(array), batches()
+    return len(array), source, batches()
 
 
 def cmd_eval(args) -> int:
     model, _, masks = _load(args)
-    n, batches = _log_probs(model, args.data, masks, SCORE_BATCH_ROWS)
+    n, _, batches = _log_probs(model, args.data, masks, SCORE_BATCH_ROWS)
     nll = -sum(float(log_p.sum()) for _, log_p in batches) / n
     print(json.dumps({"nll": nll, "bits_per_dim": nll / (model.n_dims * math.log(2)), "n": n, "masks": masks}))
     return 0
@@ -316,7 +316,7 @@ def cmd_eval(args) -> int:
 
 def cmd_score(args) -> int:
     model, _, masks = _load(args)
-    n, batches = _log_probs(model, args.data, masks, args.batch_rows)
+    n, _, batches = _log_probs(model, args.data, masks, args.batch_rows)
     out_path = Path(args.out)
     tmp = out_path.with_name(out_path.name + ".partial.npy")
     started = time.monotonic()
@@ -338,11 +338,11 @@ def cmd_calibrate(args) -> int:
     if not 0 < args.fpr < 1:
         raise UsageError("--fpr must be between 0 and 1")
     model, config, masks = _load(args)
-    n, batches = _log_probs(model, args.data, masks, SCORE_BATCH_ROWS)
+    _, source, batches = _log_probs(model, args.data, masks, SCORE_BATCH_ROWS)
     scores = -np.concatenate([log_p for _, log_p in batches])
     path = data.split_spec(args.data)[0]
     config.calibration = calibration.calibrate(
-        scores, masks=masks, data_file=args.data, data_sha256=data.sha256_of(path), default_fpr=args.fpr
+        scores, masks=masks, data_file=source, data_sha256=data.sha256_of(path), default_fpr=args.fpr
     )
     checkpoint.write_config(args.model, config)
     print(json.dumps(config.calibration.summary()))

@@ -118,6 +118,21 @@ def error_response(path: str, status: int, code: str, message: str, details: dic
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+SERVER_FAULTS = ("compute_failed", "out_of_memory", "internal_error")  # counted as errors; the rest as rejections
+
+
+def count(request: Request, code: str) -> None:
+    """Every error answer is counted once: a model's fault under made_errors_total, a refused request
+    under made_rejections_total, by reason (the error code)."""
+    from . import metrics
+
+    name = request.path_params.get("name", "") if hasattr(request, "path_params") else ""
+    engine = getattr(request.app.state, "engine", None)
+    model = name if engine is not None and name in engine.registry.entries else ""
+    counter = metrics.ERRORS if code in SERVER_FAULTS else metrics.REJECTIONS
+    counter.labels(model=model, reason=code).inc()
+
+
 HTTP_CODES = {400: "malformed_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
               413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input"}
 
@@ -125,6 +140,7 @@ HTTP_CODES = {400: "malformed_request", 401: "unauthorized", 404: "not_found", 4
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
+        count(request, exc.code)
         return error_response(request.url.path, exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -133,6 +149,7 @@ def install(app: FastAPI) -> None:
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        count(request, "invalid_input")
         return error_response(request.url.path, 422, "invalid_input", "; ".join(problems))
 
     @app.exception_handler(StarletteHTTPException)
@@ -141,4 +158,5 @@ def install(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
+        count(request, code)
         return error_response(request.url.path, exc.status_code, code, message, headers=exc.headers)

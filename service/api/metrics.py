@@ -62,6 +62,20 @@ DEVICE_MEMORY = Gauge(
 )
 
 STATES = ("loading", "ready", "failed")
+REJECTION_REASONS = ("invalid_input", "malformed_request", "payload_too_large", "unsupported_media_type",
+                     "not_acceptable", "queue_full", "deadline_exceeded", "model_not_ready", "not_calibrated",
+                     "shutting_down")
+ERROR_REASONS = ("compute_failed", "out_of_memory", "internal_error")
+
+
+def initialise_model(model: str) -> None:
+    """Create every per-model series at zero, so dashboards and alerts see 0 rather than nothing."""
+    for reason in REJECTION_REASONS:
+        REJECTIONS.labels(model=model, reason=reason)
+    for reason in ERROR_REASONS:
+        ERRORS.labels(model=model, reason=reason)
+    for operation in ("log_prob", "sample"):
+        QUEUE_DEPTH.labels(model=model, operation=operation)
 
 
 def set_model_state(model: str, state: str) -> None:

@@ -29,7 +29,7 @@ class RequestTracking:
         engine = getattr(scope["app"].state, "engine", None) if "app" in scope else None
         path = scope["path"]
         if engine is not None and engine.draining and path not in ALWAYS_OPEN:
-            metrics.REJECTIONS.labels(model="", reason="shutting_down").inc()
+            metrics.REJECTIONS.labels(model="", reason="shutting_down").inc()  # before routing: no model label
             response = error_response(path, 503, "shutting_down", "the server is shutting down; retry elsewhere",
                                       headers={"Connection": "close", "Retry-After": "1"})
             return await response(scope, receive, send)

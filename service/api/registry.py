@@ -139,15 +139,18 @@ class ModelRegistry:
             log.warning("no models found", extra={"repository": str(self.root)})
         for name in names:
             self.entries.setdefault(name, ModelEntry(name))
+            metrics.initialise_model(name)
             metrics.set_model_state(name, "loading")
         await asyncio.gather(*(self.reload(name) for name in names))
 
     def reload_in_background(self, name: str) -> int | None:
         """Start loading the target version of `name` (a no-op if one is loading); returns that version."""
-        entry = self.entries.setdefault(name, ModelEntry(name))
         version = self.target_version(name)
         if version is None:
             raise ModelNotFound(f"no versions of {name!r} in the model repository {self.root}")
+        if name not in self.entries:
+            metrics.initialise_model(name)
+        entry = self.entries.setdefault(name, ModelEntry(name))
         if entry.reload_task is None or entry.reload_task.done():
             entry.reload_task = asyncio.get_running_loop().create_task(self.reload(name))
         return version

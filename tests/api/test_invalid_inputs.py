@@ -1,0 +1,125 @@
+"""Every kind of bad input gets a clear 4xx JSON error naming the problem; never a 500, and the server
+goes on serving everyone else."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+GOOD = [[0, 1, 1, 0, 0, 1, 1, 0]]
+JSON = {"content-type": "application/json"}
+
+
+def npy(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=True)
+    return buffer.getvalue()
+
+
+def rows_with(value, row=2, column=5, n=4):
+    rows = [[0] * 8 for _ in range(n)]
+    rows[row][column] = value
+    return rows
+
+
+CASES = [
+    # (id, method, path, kwargs, status, code, message fragment, details)
+    ("unknown model", "post", "/v1/models/nope/log-prob", dict(json={"inputs": GOOD}), 404, "model_not_found",
+     "no model named 'nope'", {}),
+    ("wrong dimension", "post", "/v1/models/tiny/log-prob", dict(json={"inputs": [[0, 1, 0]]}), 422, "invalid_input",
+     "rows have 3 values; the model expects 8", {}),
+    ("ragged rows", "post", "/v1/models/tiny/log-prob", dict(json={"inputs": [[0] * 8, [0] * 7]}), 422,
+     "invalid_input", "ragged: row 1 has 7 values", {"row": 1}),
+    ("null (NaN)", "post", "/v1/models/tiny/log-prob", dict(json={"inputs": rows_with(None)}), 422, "invalid_input",
+     "at row 2, column 5 is not a finite number", {"row": 2, "column": 5}),
+    ("Inf in JSON", "post", "/v1/models/gauss/log-prob",
+     dict(content=b'{"inputs": [[1.0, 2.0, 1e999]]}', headers=JSON), 400, "malformed_request",
+     "number is infinity", {}),
+    ("Inf in npy", "post", "/v1/models/gauss/log-prob",
+     dict(content=npy([[1.0, 2.0, np.inf]]), headers={"content-type": "application/x-npy"}), 422,
+     "invalid_input", "value inf at row 0, column 2 is not a finite number", {"row": 0, "column": 2}),
+    ("NaN in npy", "post", "/v1/models/gauss/log-prob",
+     dict(content=npy([[1.0, 2.0, 3.0], [1.0, np.nan, 3.0]]), headers={"content-type": "application/x-npy"}), 422,
+     "invalid_input", "row 1, column 1 is not a finite number", {"row": 1, "column": 1}),
+    ("outside bernoulli support", "post", "/v1/models/tiny/log-prob", dict(json={"inputs": rows_with(0.5)}), 422,
+     "invalid_input", "value 0.5 at row 2, column 5 is outside the support of the bernoulli", {"row": 2, "column": 5}),
+    ("negative for bernoulli", "post", "/v1/models/tiny/anomaly", dict(json={"inputs": rows_with(-1, 3, 0)}), 422,
+     "invalid_input", "row 3, column 0 is outside the support", {"row": 3, "column": 0}),
+    ("a string", "post", "/v1/models/tiny/log-prob", dict(json={"inputs": rows_with("1", 1, 4)}), 422,
+     "invalid_input", "row 1, column 4 is '1', not a number", {"row": 1, "column": 4}),
+    ("empty batch", "post", "/v1/models/tiny/log-prob", dict(json={"inputs": []}), 422, "invalid_input",
+     "'inputs' is empty", {}),
+    ("no inputs", "post", "/v1/models/tiny/log-prob", dict(json={"masks": 1}), 422, "invalid_input",
+     "needs 'inputs'", {}),
+    ("too many rows", "post", "/v1/models/tiny/log-prob", dict(json={"inputs": [[0] * 8] * 2001}), 422,
+     "invalid_input", "2001 rows in one request; the limit is 2000", {"limit": 2000}),
+    ("too many masks", "post", "/v1/models/tiny/log-prob", dict(json={"inputs": GOOD, "masks": 5}), 422,
+     "invalid_input", "masks must be between 1 and 4", {}),
+    ("unknown option", "post", "/v1/models/tiny/log-prob", dict(json={"inputs": GOOD, "mask": 2}), 422,
+     "invalid_input", "mask: Extra inputs are not permitted", {}),
+    ("fpr out of range", "post", "/v1/models/tiny/anomaly", dict(json={"inputs": GOOD, "fpr": 1.5}), 422,
+     "invalid_input", "fpr", {}),
+    ("n over the sample limit", "post", "/v1/models/tiny/sample", dict(json={"n": 501}), 422, "invalid_input",
+     "n must be between 1 and 500", {"limit": 500}),
+    ("n zero", "post", "/v1/models/tiny/sample", dict(json={"n": 0}), 422, "invalid_input", "n", {}),
+    ("malformed JSON", "post", "/v1/models/tiny/log-prob", dict(content=b'{"inputs": [[0, 1', headers=JSON), 400,
+     "malformed_request", "malformed JSON", {}),
+    ("JSON that is not an object", "post", "/v1/models/tiny/log-prob", dict(content=b"[1, 2]", headers=JSON), 400,
+     "malformed_request", "expected a JSON object", {}),
+    ("broken npy", "post", "/v1/models/tiny/log-prob",
+     dict(content=b"\x93NUMPY garbage", headers={"content-type": "application/x-npy"}), 400, "malformed_request",
+     "not a valid .npy array", {}),
+    ("pickled npy", "post", "/v1/models/tiny/log-prob",
+     dict(content=npy(np.array([[{"x": 1}]], dtype=object)), headers={"content-type": "application/x-npy"}), 400,
+     "malformed_request", "not a valid .npy array", {}),
+    ("wrong content type", "post", "/v1/models/tiny/log-prob",
+     dict(content=b"inputs=1", headers={"content-type": "application/x-www-form-urlencoded"}), 415,
+     "unsupported_media_type", "is not accepted here", {}),
+    ("unacceptable answer", "post", "/v1/models/tiny/log-prob",
+     dict(json={"inputs": GOOD}, headers={"accept": "text/csv"}), 406, "not_acceptable", "cannot answer with", {}),
+    ("body over the size limit", "post", "/v1/models/tiny/log-prob",
+     dict(content=b'{"inputs": [' + b"[0,0,0,0,0,0,0,0]," * 20000 + b"[0,0,0,0,0,0,0,0]]}", headers=JSON), 413,
+     "payload_too_large", "over the limit of 200000 bytes", {"limit": 200000}),
+    ("bad deadline header", "post", "/v1/models/tiny/log-prob",
+     dict(json={"inputs": GOOD}, headers={"x-request-timeout": "soon"}), 422, "invalid_input", "X-Request-Timeout", {}),
+    ("reload without the admin token", "post", "/v1/models/tiny/reload", dict(), 401, "unauthorized",
+     "Bearer", {}),
+    ("unknown route", "get", "/v1/nothing", dict(), 404, "not_found", "no route GET /v1/nothing", {}),
+    ("wrong method", "get", "/v1/models/tiny/log-prob", dict(), 405, "method_not_allowed", "", {}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_a_clear_4xx(server, case):
+    _, method, path, kwargs, status, code, fragment, details = case
+    answer = getattr(server.client, method)(path, **kwargs)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == code
+    assert fragment in error["message"], error["message"]
+    for key, value in details.items():
+        assert error[key] == value
+
+
+def test_a_body_without_content_length_is_still_limited(server):
+    def chunks():
+        yield b'{"inputs": ['
+        for _ in range(20000):
+            yield b"[0,0,0,0,0,0,0,0],"
+        yield b"[0,0,0,0,0,0,0,0]]}"
+
+    answer = server.client.post("/v1/models/tiny/log-prob", content=chunks(), headers=JSON)
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "payload_too_large"
+
+
+def test_bad_requests_do_not_affect_anyone_else(server):
+    rejected_before = server.metric("made_rejections_total", model="tiny", reason="invalid_input")
+    for _ in range(5):
+        assert server.client.post("/v1/models/tiny/log-prob", json={"inputs": rows_with(0.5)}).status_code == 422
+    good = server.client.post("/v1/models/tiny/log-prob", json={"inputs": GOOD})
+    assert good.status_code == 200 and len(good.json()["log_prob"]) == 1
+    assert server.metric("made_rejections_total", model="tiny", reason="invalid_input") == rejected_before + 5
+    assert server.metric("made_http_request_duration_seconds_count", status="500") == 0
+    assert server.process.poll() is None
