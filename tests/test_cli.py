@@ -48,6 +48,9 @@ def test_train_writes_a_checkpoint_with_its_training_record(trained):
     assert record.data_sha256 and len(record.data_sha256) == 64
     assert record.epochs == 4 and record.seed == 3 and record.package_version and record.date
     assert record.best_valid_nll == pytest.approx(summary["best_valid_nll"], abs=1e-3)
+    # Anomaly calibration is written at training time, on the validation rows, with the default ensemble.
+    assert config.calibration.n == 200 and config.calibration.masks == 4
+    assert config.calibration.mean == pytest.approx(summary["best_valid_nll"], abs=1e-3)
     # Not a terminal: plain log lines, one per epoch, with both NLLs.
     epoch_lines = [line for line in result.stderr.splitlines() if "made.train: epoch" in line]
     assert len(epoch_lines) == 4 and all("train_nll=" in line and "valid_nll=" in line for line in epoch_lines)
