@@ -6,12 +6,14 @@ seconds) makes queueing observable without any test hook in the server.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -135,8 +137,9 @@ def test_reload_under_load_fails_no_request_and_a_bad_version_keeps_the_old_one(
 def wait_for(condition, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():
-            return
+        with contextlib.suppress(httpx.TransportError):  # not listening yet
+            if condition():
+                return
         time.sleep(0.05)
     raise TimeoutError("condition not met")
 
@@ -169,3 +172,26 @@ def test_several_workers_aggregate_their_metrics(repository):
         count = server.metric("made_http_request_duration_seconds_count", route="/v1/models/{name}/log-prob")
         rows_seen = server.metric("made_request_rows_sum", model="tiny", operation="log_prob")
     assert count == 40 and rows_seen == 120  # whichever worker answered, /metrics counts them all
+
+
+def test_a_model_that_fails_to_load_is_reported_and_the_others_still_serve(tmp_path):
+    root = tmp_path / "models"
+    save_tiny(root / "tiny" / "1", steps=20)
+    save_tiny(root / "broken" / "1", steps=5)
+    (root / "broken" / "1" / "weights.safetensors").write_bytes(b"\x00" * 64)
+    with running(root, ready=False) as server:
+        wait_for(lambda: server.client.get("/v1/models/broken").json()["status"] == "failed")
+        wait_for(lambda: server.client.get("/v1/models/tiny").json()["status"] == "ready")
+        broken = server.client.get("/v1/models/broken").json()
+        readiness = server.client.get("/readyz")
+        served = server.client.post("/v1/models/tiny/log-prob", json={"inputs": [[0] * 8]})
+        refused = server.client.post("/v1/models/broken/log-prob", json={"inputs": [[0] * 8]})
+        failed_state = server.metric("made_model_state", model="broken", state="failed")
+    log = server.log_path.read_text()
+    assert "corrupt or truncated" in broken["last_error"] and broken["version"] is None
+    assert readiness.status_code == 503 and readiness.json()["models"] == {"broken": "failed", "tiny": "ready"}
+    assert served.status_code == 200
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_not_ready"
+    assert "corrupt or truncated" in refused.json()["error"]["message"]
+    assert failed_state == 1
+    assert "model failed to load" in log and "broken" in log
