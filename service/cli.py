@@ -52,8 +52,9 @@ def _order(text: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="made", description="MADE density estimation: train, evaluate, sample.")
     parser.add_argument("--version", action="version", version=f"made-service {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="default: info (for serve: MADE_LOG_LEVEL)")
+    parser.add_argument("--log-format", choices=["text", "json"], help="default: text (for serve: MADE_LOG_FORMAT)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("train", help="train a model and write a checkpoint directory", formatter_class=DEFAULTS)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["made", *argv])  # recorded in checkpoints: how to make the model again
-    logs.configure(args.log_level, args.log_format)
+    logs.configure(args.log_level or "info", args.log_format or "text")
     try:
         return COMMANDS[args.command](args)
     except (DataError, CheckpointError, UsageError, ValueError) as exc:
@@ -350,7 +351,7 @@ def cmd_calibrate(args) -> int:
 
 
 SERVE_FLAGS = ("model_repository", "host", "port", "device", "workers", "max_batch_rows", "max_batch_delay_ms",
-               "max_queue_requests", "request_timeout_s")
+               "max_queue_requests", "request_timeout_s", "log_level", "log_format")
 
 
 def cmd_serve(args) -> int:

@@ -137,18 +137,25 @@ def validate(
         raise DataError(f"{source}: no rows")
     if array.shape[1] != n_dims:
         raise DataError(f"{source}: rows have {array.shape[1]} values; the model expects {n_dims}")
-    original = torch.from_numpy(np.array(array, copy=True, order="C"))  # writable: memory maps are not
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # a memory map or a read-only buffer: torch wants writable memory
+        array = array.copy()
+    original = torch.from_numpy(array)
     values = original.to(torch.float32)
-    finite = torch.isfinite(values)
-    if not bool(finite.all()):
-        row, col = _first_false(finite)
-        raise DataError(
-            f"{source}: value {original[row, col].item()!r} at row {row + row_offset}, column {col} "
-            "is not a finite number (NaN, Inf, or beyond float32)",
-            row=row + row_offset,
-            column=col,
-        )
-    supported = likelihood.in_support(original.to(torch.float64))
+    if original.is_floating_point():  # integers are always finite, and exact in float32 up to 2^24
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            row, col = _first_false(finite)
+            raise DataError(
+                f"{source}: value {original[row, col].item()!r} at row {row + row_offset}, column {col} "
+                "is not a finite number (NaN, Inf, or beyond float32)",
+                row=row + row_offset,
+                column=col,
+            )
+    # The support is checked on the values as sent: 2.0000001 in float64 is not an integer category,
+    # though float32 would round it to one. Integer input is checked as it is (no float copy at all).
+    as_sent = original.dtype == torch.float64 or not (original.is_floating_point() or original.dtype == torch.bool)
+    supported = likelihood.in_support(original if as_sent else values)
     if not bool(supported.all()):
         row, col = _first_false(supported)
         raise DataError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from service import data
 from service.data import DataError
@@ -98,3 +99,19 @@ def test_unknown_format_and_missing_file(tmp_path):
         data.load(str(tmp_path / "x.parquet"), BERNOULLI)
     with pytest.raises(DataError, match="does not exist"):
         data.load(str(tmp_path / "none.npy"), BERNOULLI)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.bool_, np.float16, np.float32, np.float64])
+def test_every_numeric_dtype_is_validated(dtype):
+    categorical = make_likelihood("categorical", categories=3)
+    x = np.array([[0, 1], [1, 0]], dtype=dtype)
+    assert data.validate(x, categorical, 2).dtype == torch.float32
+    if dtype is not np.bool_:
+        bad = np.array([[0, 1], [1, 3]], dtype=dtype)
+        with pytest.raises(DataError, match="row 1, column 1 is outside the support"):
+            data.validate(bad, categorical, 2)
+
+
+def test_float64_values_that_float32_would_round_are_refused():
+    with pytest.raises(DataError, match="row 0, column 1"):
+        data.validate(np.array([[0.0, 2.0000001]]), make_likelihood("categorical", categories=3), 2)

@@ -63,7 +63,8 @@ def parse_json(body: bytes) -> dict:
 
 
 def rows_from_json(value, field: str = "inputs") -> np.ndarray:
-    """(N, D) float64 from a list of equal-length lists of numbers; null becomes NaN (missing)."""
+    """(N, D) int64 (all integers) or float64 from a list of equal-length lists of numbers; null becomes
+    NaN (missing). Integer rows stay integers: validating them needs no float copy."""
     if not isinstance(value, list):
         raise InvalidInput(f"'{field}' must be a list of rows (lists of numbers)", field=field)
     if not value:
@@ -79,7 +80,7 @@ def rows_from_json(value, field: str = "inputs") -> np.ndarray:
     try:
         array = np.array(value)  # numbers only (not true/false): float64 or int64, at C speed
         if array.dtype.kind in "iuf" and array.ndim == 2:
-            return array.astype(np.float64)
+            return array
     except ValueError:  # a nested list inside a row
         pass
     # Slow path, only for bodies holding something else: nulls (missing values) or a non-number to name.
