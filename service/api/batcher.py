@@ -5,7 +5,8 @@ gives others up to `max_delay_s` to join or until `max_batch_rows` rows are wait
 the model off the event loop (in the compute executor) and hands each part its slice of the result.
 
 - A request with more rows than `max_batch_rows` is split into parts; its result is joined back in order.
-- The queue is bounded in *requests* (`max_queue_requests`); a full queue refuses at once (QueueFull), so
+- The queue is bounded in *requests* (a QueueBudget shared by the batchers of one model and operation,
+  which differ only in options such as the ensemble size); a full queue refuses at once (QueueFull), so
   one large request never counts against itself.
 - Each request has a deadline. A request whose deadline passes while it is still queued fails with
   DeadlineExceeded and never reaches the model; one already computing finishes.
@@ -13,6 +14,8 @@ the model off the event loop (in the compute executor) and hands each part its s
   row); on any other error each request of a shared batch is retried alone, so a poisoned request cannot
   fail its batch-mates.
 - A waiter that went away (client disconnect, deadline) leaves a done future; results are never set on it.
+- Each part reports the model version that computed it, so a request split across a version swap can be
+  recognised (and retried by the caller) rather than answered with a mix.
 Payloads and results are tuples of tensors whose first dimension is the row.
 """
 
@@ -56,6 +59,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+class QueueBudget:
+    """How many requests may wait, across the batchers of one model and operation."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.waiting = 0
+
+
 @dataclass
 class _Request:
     parts_waiting: int
@@ -87,16 +98,16 @@ class Batcher:
         max_batch_rows: int,
         max_delay_s: float,
         max_queue_requests: int,
+        budget: QueueBudget | None = None,
     ):
         self.model, self.operation = model, operation
         self.compute = compute
         self.executor = executor
         self.max_batch_rows = max_batch_rows
         self.max_delay_s = max_delay_s
-        self.max_queue_requests = max_queue_requests
+        self.budget = budget or QueueBudget(max_queue_requests)
         self._queue: collections.deque[_Part] = collections.deque()
         self._arrived = asyncio.Event()
-        self._waiting_requests = 0
         self._busy = False
         self._closed = False
         self._loop_task: asyncio.Task | None = None
@@ -111,33 +122,41 @@ class Batcher:
     def idle(self) -> bool:
         return not self._queue and not self._busy
 
-    async def close(self) -> None:
-        """Refuse new work, let the queue drain, then stop the loop."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Refuse new work, let the queue drain (for at most `timeout` seconds), then stop the loop;
+        whatever is still queued then is refused rather than left hanging."""
         self._closed = True
-        while not self.idle:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.idle and (deadline is None or time.monotonic() < deadline):
             await asyncio.sleep(0.01)
+        while self._queue:
+            part = self._queue.popleft()
+            if not part.future.done():
+                part.future.set_exception(ShuttingDown("the server stopped before this request was computed"))
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
 
     # ---- the request side --------------------------------------------------------------------------
-    async def submit(self, payload: Tensors, deadline: float) -> tuple[Tensors, int]:
-        """The result for `payload` and the model version that computed it; `deadline` on loop.time()."""
+    async def submit(self, payload: Tensors, deadline: float) -> tuple[Tensors, list[int]]:
+        """The result for `payload` and the model version of each part that computed it (one entry per
+        part of a split request); `deadline` is on loop.time()."""
         if self._closed:
             raise ShuttingDown("the server is shutting down and takes no new work")
-        if self._waiting_requests >= self.max_queue_requests:
+        if self.budget.waiting >= self.budget.limit:
             raise QueueFull(
                 f"the queue for {self.model}/{self.operation} is full "
-                f"({self.max_queue_requests} requests waiting); retry shortly",
+                f"({self.budget.limit} requests waiting); retry shortly",
                 headers={"Retry-After": "1"},
-                limit=self.max_queue_requests,
+                limit=self.budget.limit,
             )
         loop = asyncio.get_running_loop()
         n = rows_of(payload)
+        metrics.REQUEST_ROWS.labels(**self._labels).observe(n)
         bounds = [(s, min(s + self.max_batch_rows, n)) for s in range(0, n, self.max_batch_rows)]
         request = _Request(parts_waiting=len(bounds), enqueued=loop.time(), deadline=deadline)
         parts = [_Part(slice_rows(payload, a, b), request, loop.create_future()) for a, b in bounds]
-        self._waiting_requests += 1
+        self.budget.waiting += 1
         metrics.QUEUE_DEPTH.labels(**self._labels).inc()
         self._queue.extend(parts)
         self._arrived.set()
@@ -154,12 +173,12 @@ class Batcher:
                 if not p.future.done():
                     p.future.cancel()
             self._leave_queue(request)
-        return join_rows([r for r, _ in results]), results[0][1]
+        return join_rows([r for r, _ in results]), [version for _, version in results]
 
     def _leave_queue(self, request: _Request) -> None:
         if request.in_queue:
             request.in_queue = False
-            self._waiting_requests -= 1
+            self.budget.waiting -= 1
             metrics.QUEUE_DEPTH.labels(**self._labels).dec()
 
     # ---- the loop side -----------------------------------------------------------------------------

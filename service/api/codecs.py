@@ -63,8 +63,9 @@ def parse_json(body: bytes) -> dict:
 
 
 def rows_from_json(value, field: str = "inputs") -> np.ndarray:
-    """(N, D) int64 (all integers) or float64 from a list of equal-length lists of numbers; null becomes
-    NaN (missing). Integer rows stay integers: validating them needs no float copy."""
+    """(N, D) int64 (all integers) or float64 from a list of equal-length lists of numbers. true/false
+    count as 1/0 (JSON has no bit type). null becomes NaN, which validation refuses as not a number.
+    Integer rows stay integers: validating them needs no float copy."""
     if not isinstance(value, list):
         raise InvalidInput(f"'{field}' must be a list of rows (lists of numbers)", field=field)
     if not value:
@@ -78,21 +79,27 @@ def rows_from_json(value, field: str = "inputs") -> np.ndarray:
             raise InvalidInput(f"'{field}' is ragged: row {i} has {len(row)} values, row 0 has {width}",
                                field=field, row=i)
     try:
-        array = np.array(value)  # numbers only (not true/false): float64 or int64, at C speed
-        if array.dtype.kind in "iuf" and array.ndim == 2:
-            return array
+        array = np.array(value)  # numbers and booleans only: int64, float64 or bool, at C speed
+        if array.dtype.kind in "biuf" and array.ndim == 2:
+            return array.astype(np.uint8) if array.dtype.kind == "b" else array
     except ValueError:  # a nested list inside a row
         pass
     # Slow path, only for bodies holding something else: nulls (missing values) or a non-number to name.
     for i, row in enumerate(value):
         for j, v in enumerate(row):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            if v is not None and not isinstance(v, int | float):  # bool is an int
                 raise InvalidInput(f"'{field}' row {i}, column {j} is {v!r}, not a number",
                                    field=field, row=i, column=j)
     return np.array(value, dtype=np.float64)  # null -> NaN
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def rows_from_npy(body: bytes) -> np.ndarray:
+    if not body.startswith(NPY_MAGIC):
+        raise MalformedRequest("body is not an .npy array: it does not start with the .npy magic string "
+                               "(write it with numpy.save)")
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

@@ -48,7 +48,8 @@ async def require_admin(request: Request, engine: EngineDep) -> None:
     given = request.headers.get("authorization", "")
     expected = f"Bearer {token.get_secret_value()}"
     if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise Unauthorized("this admin route needs 'Authorization: Bearer <admin token>'")
+        raise Unauthorized("this admin route needs 'Authorization: Bearer <admin token>'",
+                           headers={"WWW-Authenticate": "Bearer"})
 
 
 def validate_options(model: type[BaseModel], values: dict):

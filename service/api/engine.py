@@ -20,9 +20,8 @@ from ..data import DataError, validate
 from ..devices import resolve_device
 from ..made import Randomness, draw_randomness, make_generator, sample_from_randomness
 from ..settings import Settings
-from . import metrics
-from .batcher import Batcher, Tensors, rows_of
-from .errors import APIError, InvalidInput
+from .batcher import Batcher, QueueBudget, Tensors, rows_of
+from .errors import APIError, InvalidInput, ModelNotReady
 from .registry import ModelRegistry, ServedModel
 
 log = logging.getLogger("made.engine")
@@ -72,6 +71,7 @@ class Engine:
         self.loader_executor = ThreadPoolExecutor(1, thread_name_prefix="made-loader")
         self.registry = ModelRegistry(settings, self.device, self.loader_executor)
         self.batchers: dict[tuple, Batcher] = {}
+        self.budgets: dict[tuple[str, str], QueueBudget] = {}  # one queue bound per model and operation
         self.draining = False  # set on SIGTERM: readiness fails, new requests get 503
         self.in_flight = 0  # HTTP requests being handled (kept by the request middleware)
         self._tasks: list[asyncio.Task] = []
@@ -94,7 +94,8 @@ class Engine:
         return self.in_flight == 0 and all(b.idle for b in self.batchers.values())
 
     async def stop(self) -> None:
-        await asyncio.gather(*(b.close() for b in self.batchers.values()))
+        grace = self.settings.shutdown_grace_s
+        await asyncio.gather(*(b.close(timeout=grace) for b in self.batchers.values()))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -111,11 +112,13 @@ class Engine:
     def _batcher(self, name: str, operation: str, key: tuple, compute) -> Batcher:
         batcher = self.batchers.get((name, operation, key))
         if batcher is None:
+            budget = self.budgets.setdefault((name, operation), QueueBudget(self.settings.max_queue_requests))
             batcher = Batcher(
                 name, operation, compute, self.compute_executor,
                 max_batch_rows=self.settings.max_batch_rows,
                 max_delay_s=self.settings.max_batch_delay_ms / 1000.0,
                 max_queue_requests=self.settings.max_queue_requests,
+                budget=budget,
             )
             batcher.start()
             self.batchers[(name, operation, key)] = batcher
@@ -132,7 +135,19 @@ class Engine:
             return validate(rows, served.model.likelihood, served.model.n_dims, source="inputs")
         except DataError as exc:
             details = {k: v for k, v in (("row", exc.row), ("column", exc.column)) if v is not None}
-            raise InvalidInput(str(exc), **details) from None
+            raise InvalidInput(str(exc), field="inputs", **details) from None
+
+    @staticmethod
+    async def submit_consistent(batcher: Batcher, payload: Tensors, deadline: float) -> tuple[Tensors, int]:
+        """Submit, and if a split request was computed partly by the old and partly by a newly swapped-in
+        version, compute it again: an answer always comes from one version."""
+        for _ in range(2):
+            result, versions = await batcher.submit(payload, deadline)
+            if len(set(versions)) == 1:
+                return result, versions[0]
+            log.info("request straddled a model swap; computing it again", extra={"model": batcher.model})
+        raise ModelNotReady("the model version changed twice during this request; retry",
+                            headers={"Retry-After": "1"})
 
     @staticmethod
     def resolve_masks(served: ServedModel, masks: int | None) -> int:
@@ -152,9 +167,8 @@ class Engine:
                 f"per-dimension conditionals of a {K}-mask ensemble need masks that share one ordering; "
                 "this model's masks use different orderings (ask for masks=1)", field="per_dimension")
         x = self.validate_rows(served, rows)
-        metrics.REQUEST_ROWS.labels(model=name, operation="log_prob").observe(len(x))
         batcher = self._batcher(name, "log_prob", (K, per_dimension), self._log_prob_compute(name, K, per_dimension))
-        result, version = await batcher.submit((x,), deadline)
+        result, version = await self.submit_consistent(batcher, (x,), deadline)
         return LogProbResult(version, K, result[0].numpy(), result[1].numpy() if per_dimension else None)
 
     def _log_prob_compute(self, name: str, masks: int, per_dimension: bool):
@@ -200,9 +214,8 @@ class Engine:
         seed = secrets.randbits(63) if seed is None else seed
         # This request's own randomness, drawn now: merged with other requests, its samples stay the same.
         randomness = draw_randomness(served.model, n, K, make_generator(seed, served.device))
-        metrics.REQUEST_ROWS.labels(model=name, operation="sample").observe(n)
         batcher = self._batcher(name, "sample", (), self._sample_compute(name))
-        (samples,), version = await batcher.submit(tuple(randomness), deadline)
+        (samples,), version = await self.submit_consistent(batcher, tuple(randomness), deadline)
         return SampleResult(version, K, seed, samples.numpy(), served)
 
     def _sample_compute(self, name: str):

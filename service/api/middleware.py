@@ -51,6 +51,7 @@ class RequestTracking:
             await self.app(scope, receive, send_wrapper)
         except Exception:  # a bug, not a user error: logged once, answered as JSON, the server goes on
             errors_log.exception("unhandled error", extra={"method": scope["method"], "path": path})
+            metrics.ERRORS.labels(model="", reason="internal_error").inc()
             if not responded:
                 response = error_response(path, 500, "internal_error", "internal error; see the server log")
                 await response(scope, receive, send_wrapper)

@@ -137,14 +137,20 @@ class ModelRegistry:
         names = self.names()
         if not names:
             log.warning("no models found", extra={"repository": str(self.root)})
+        loop = asyncio.get_running_loop()
         for name in names:
-            self.entries.setdefault(name, ModelEntry(name))
+            entry = self.entries.setdefault(name, ModelEntry(name))
             metrics.initialise_model(name)
             metrics.set_model_state(name, "loading")
-        await asyncio.gather(*(self.reload(name) for name in names))
+            # Recorded as the entry's load in progress, so neither the watcher nor a reload request
+            # starts a second load of the same version while the first is still running.
+            entry.reload_task = loop.create_task(self.reload(name))
+        await asyncio.gather(*(self.entries[name].reload_task for name in names))
 
     def reload_in_background(self, name: str) -> int | None:
         """Start loading the target version of `name` (a no-op if one is loading); returns that version."""
+        if self.settings.models and name not in self.settings.models:
+            raise ModelNotFound(f"model {name!r} is not among the models this server is configured to serve")
         version = self.target_version(name)
         if version is None:
             raise ModelNotFound(f"no versions of {name!r} in the model repository {self.root}")

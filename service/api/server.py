@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 
@@ -59,8 +60,14 @@ def serve(settings: Settings) -> None:
     if settings.workers > 1:
         # Each worker is its own process with its own models and batchers; metrics are aggregated through
         # prometheus-client's multiprocess directory, which must exist (empty) before the workers start.
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="made-metrics-"))
-        uvicorn.run("service.api.app:create_app", factory=True, workers=settings.workers, **common)
+        created = None
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            created = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="made-metrics-")
+        try:
+            uvicorn.run("service.api.app:create_app", factory=True, workers=settings.workers, **common)
+        finally:
+            if created:
+                shutil.rmtree(created, ignore_errors=True)
         return
     app = create_app(settings)
     DrainingServer(uvicorn.Config(app, **common), grace_s=settings.shutdown_grace_s).run()

@@ -63,8 +63,8 @@ def test_concurrent_requests_merge_and_get_their_own_rows_back():
         return results
 
     results = run(main())
-    for i, (result, version) in enumerate(results):
-        assert version == 7 and torch.equal(result[0], 2 * rows(100 * i, 3))
+    for i, (result, versions) in enumerate(results):
+        assert versions == [7] and torch.equal(result[0], 2 * rows(100 * i, 3))
     assert len(compute.batches) < 10 and sum(map(sum, compute.batches)) == 30  # merged, nothing lost
 
 
@@ -204,3 +204,77 @@ def test_cancelled_waiters_do_not_break_the_loop_and_closed_batchers_refuse():
 
     (result,), _ = run(main())
     assert torch.equal(result, 2 * rows(5, 2))
+
+
+def test_batchers_of_one_model_and_operation_share_one_queue_bound():
+    from service.api.batcher import QueueBudget
+
+    compute = Recorder()
+    compute.gate.clear()
+
+    async def main():
+        budget = QueueBudget(2)
+        a = Batcher("m", "op", compute, ThreadPoolExecutor(1), max_batch_rows=64, max_delay_s=0.0,
+                    max_queue_requests=2, budget=budget)
+        b = Batcher("m", "op", compute, ThreadPoolExecutor(1), max_batch_rows=64, max_delay_s=0.0,
+                    max_queue_requests=2, budget=budget)
+        a.start()
+        b.start()
+        deadline = asyncio.get_running_loop().time() + 5
+        running = [asyncio.ensure_future(a.submit((rows(0, 1),), deadline)),
+                   asyncio.ensure_future(b.submit((rows(1, 1),), deadline))]
+        await asyncio.sleep(0.05)  # both taken: computing (blocked), not waiting
+        waiting = [asyncio.ensure_future(a.submit((rows(2, 1),), deadline)),
+                   asyncio.ensure_future(b.submit((rows(3, 1),), deadline))]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await a.submit((rows(4, 1),), deadline)
+        compute.gate.set()
+        await asyncio.gather(*running, *waiting)
+        await asyncio.gather(a.close(), b.close())
+
+    run(main())
+
+
+def test_close_with_a_timeout_refuses_what_is_still_queued():
+    compute = Recorder()
+    compute.gate.clear()
+
+    async def main():
+        batcher = make(compute, max_delay_s=0.0)
+        batcher.start()
+        deadline = asyncio.get_running_loop().time() + 5
+        stuck = asyncio.ensure_future(batcher.submit((rows(0, 1),), deadline))
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(batcher.submit((rows(1, 1),), deadline))
+        await asyncio.sleep(0.01)
+        await batcher.close(timeout=0.1)  # returns although the model never finishes
+        with pytest.raises(ShuttingDown):
+            await queued
+        compute.gate.set()
+        stuck.cancel()
+
+    run(main())
+
+
+def test_split_requests_report_each_part_version_and_the_engine_retries_a_mixed_answer():
+    from service.api.engine import Engine
+
+    calls = []
+
+    def versioned(payloads):  # version 1 for the first model call, then 2: a swap between parts
+        calls.append(len(payloads))
+        x = torch.cat([p[0] for p in payloads])
+        return [(y,) for y in (2 * x).split([int(p[0].shape[0]) for p in payloads])], 1 if len(calls) == 1 else 2
+
+    async def main():
+        batcher = make(versioned, max_batch_rows=4, max_delay_s=0.0)
+        batcher.start()
+        deadline = asyncio.get_running_loop().time() + 5
+        (result,), version = await Engine.submit_consistent(batcher, (rows(0, 8),), deadline)
+        await batcher.close()
+        return result, version
+
+    result, version = run(main())
+    assert version == 2 and torch.equal(result, 2 * rows(0, 8))
+    assert len(calls) >= 3  # the first answer mixed versions 1 and 2, so it was computed again

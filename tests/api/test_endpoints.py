@@ -69,6 +69,15 @@ def test_probabilities_over_http_sum_to_one(server):
         assert abs(np.exp(np.array(log_p["log_prob"])).sum() - 1) < 1e-5
 
 
+def test_json_booleans_count_as_bits(server):
+    bits = [[0, 1, 1, 0, 0, 1, 1, 0], [1, 1, 1, 1, 0, 0, 0, 0]]
+    as_bools = [[bool(v) for v in row] for row in bits]
+    mixed = [[False, True, 1, 0, False, 1, True, 0], bits[1]]
+    answers = [server.client.post("/v1/models/tiny/log-prob", json={"inputs": rows}).json()["log_prob"]
+               for rows in (bits, as_bools, mixed)]
+    assert answers[0] == answers[1] == answers[2]
+
+
 def test_per_dimension_conditionals(server, repository):
     rows = markov_chain(5, 8, seed=2).tolist()
     answer = server.client.post("/v1/models/tiny-fixed/log-prob", json={"inputs": rows, "per_dimension": True}).json()

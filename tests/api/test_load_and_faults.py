@@ -72,7 +72,7 @@ def assert_metrics_exposed(server):
     assert server.metric("made_model_compute_seconds_sum", model="slow") > 0.5  # the two slow batches
     assert server.metric("made_queue_wait_seconds_count", model="slow") == 2
     assert server.metric("made_batch_rows_sum", model="slow") == 2048
-    assert server.metric("made_request_rows_sum", model="slow", operation="log_prob") == 3 * 1024 + 1024  # A,B,C,D
+    assert server.metric("made_request_rows_sum", model="slow", operation="log_prob") == 3 * 1024  # A, B, D: C was refused
     assert server.metric("made_queue_depth", model="slow") == 0
     assert server.metric("made_http_requests_in_flight") == 1  # this very /metrics request
     assert server.metric("made_errors_total", model="slow") == 0
@@ -195,3 +195,19 @@ def test_a_model_that_fails_to_load_is_reported_and_the_others_still_serve(tmp_p
     assert "corrupt or truncated" in refused.json()["error"]["message"]
     assert failed_state == 1
     assert "model failed to load" in log and "broken" in log
+
+
+def test_a_slow_first_load_is_not_started_twice_by_the_watcher(slow_repository):
+    with running(slow_repository, env={"MADE_RELOAD_POLL_S": "0.01"}) as server:
+        time.sleep(0.3)
+        loads = server.metric("made_model_loads_total", model="slow", result="loaded")
+    assert loads == 1
+
+
+def test_only_configured_models_are_served_or_reloaded(repository):
+    with running(repository, env={"MADE_MODELS": '["tiny"]'}) as server:
+        names = [m["name"] for m in server.client.get("/v1/models").json()["models"]]
+        reload_other = server.client.post("/v1/models/gauss/reload")
+        reload_tiny = server.client.post("/v1/models/tiny/reload")
+    assert names == ["tiny"]
+    assert reload_other.status_code == 404 and reload_tiny.status_code == 202

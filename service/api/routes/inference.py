@@ -32,10 +32,11 @@ async def log_prob(name: str, request: Request, engine: EngineDep, deadline: Dea
 
     JSON or `application/x-npy` in; `Accept: application/x-npy` answers with a float64 array (N,), or (N, D)
     conditionals with per_dimension."""
+    accept = codecs.wants(request, codecs.JSON, codecs.NPY)  # before any work: a 406 costs nothing
     options, rows = await read_rows_and_options(request, engine, LogProbOptions)
     result = await engine.log_prob(name, rows, options.masks, options.per_dimension, deadline)
     headers = {"X-Model-Version": str(result.version), "X-Masks": str(result.masks)}
-    if codecs.wants(request, codecs.JSON, codecs.NPY) == codecs.NPY:
+    if accept == codecs.NPY:
         return codecs.npy_response(result.per_dimension if options.per_dimension else result.log_prob, headers)
     body = {"model": name, "version": result.version, "masks": result.masks, "log_prob": result.log_prob}
     if result.per_dimension is not None:
@@ -49,11 +50,12 @@ async def anomaly(name: str, request: Request, engine: EngineDep, deadline: Dead
     """Anomaly score (negative log-likelihood), p-value against the model's calibration data, and a flag at
     the threshold for the requested false-positive rate. `Accept: application/x-npy` answers with a
     structured array (score, p_value, is_anomaly)."""
+    accept = codecs.wants(request, codecs.JSON, codecs.NPY)
     options, rows = await read_rows_and_options(request, engine, AnomalyOptions)
     result = await engine.anomaly(name, rows, options.fpr, deadline)
     headers = {"X-Model-Version": str(result.version), "X-Masks": str(result.masks),
                "X-Threshold": repr(result.threshold), "X-FPR": repr(result.fpr)}
-    if codecs.wants(request, codecs.JSON, codecs.NPY) == codecs.NPY:
+    if accept == codecs.NPY:
         table = np.empty(len(result.score), dtype=[("score", "<f8"), ("p_value", "<f8"), ("is_anomaly", "?")])
         table["score"], table["p_value"], table["is_anomaly"] = result.score, result.p_value, result.is_anomaly
         return codecs.npy_response(table, headers)
