@@ -54,9 +54,11 @@ from datetime import UTC, datetime
 HOST = "127.0.0.1"
 MODES = {
     "batching on": ["--max-batch-rows", "4096", "--max-batch-delay-ms", "2"],
+    # merges what queued up while the model was busy, but never waits for more
+    "merge, no wait": ["--max-batch-rows", "4096", "--max-batch-delay-ms", "0"],
     "batching off": ["--max-batch-rows", "1", "--max-batch-delay-ms", "0"],
 }
-# No repository polling while measuring: a poll that finds the model still loading starts a second load.
+# No repository polling while measuring: nothing but the measured requests runs in the server.
 SERVER_ENV = {"MADE_RELOAD_POLL_S": "0"}
 COLUMNS = ["mode", "model", "clients", "rows/request", "requests", "rows/s", "requests/s", "p50 ms", "p95 ms",
            "p99 ms", "errors"]
