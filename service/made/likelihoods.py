@@ -53,6 +53,13 @@ class Likelihood:
     def in_support(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> bool (B, D)
         return torch.isfinite(x)
 
+    # The fast sampler turns all noise into whatever form makes one dimension's draw cheapest, once.
+    def prepare_noise(self, noise: torch.Tensor) -> torch.Tensor:  # (n, D, R) -> (n, D, R')
+        return noise
+
+    def sample_prepared(self, params: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:  # (n,P),(n,R')
+        return self.sample(params, prepared)
+
     def draw_noise(self, n: int, n_dims: int, generator: torch.Generator | None, device) -> torch.Tensor:
         """(n, D, R) random numbers, R per dimension (uniform unless a head says otherwise)."""
         return torch.rand(n, n_dims, self.noise_per_dim, generator=generator, device=device)
@@ -71,6 +78,13 @@ class Bernoulli(Likelihood):
 
     def sample(self, params, noise):
         return (noise[:, 0] < torch.sigmoid(params[:, 0])).to(params.dtype)
+
+    def prepare_noise(self, noise):
+        # u < sigmoid(l)  <=>  logit(u) < l: one comparison per draw instead of a sigmoid and a comparison
+        return torch.logit(noise.double()).to(noise.dtype)
+
+    def sample_prepared(self, params, prepared):
+        return (params[:, 0] > prepared[:, 0]).to(params.dtype)
 
     def in_support(self, x):
         return (x == 0) | (x == 1)
