@@ -128,9 +128,11 @@ def _is_float(text: str) -> bool:
 
 
 def validate(
-    array: np.ndarray, likelihood: Likelihood, n_dims: int, source: str = "input", row_offset: int = 0
+    array: np.ndarray, likelihood: Likelihood, n_dims: int, source: str = "input", row_offset: int = 0,
+    allow_missing: bool = False,
 ) -> torch.Tensor:
-    """(N, D) float32 tensor of rows that the model can score; DataError naming row and column if not."""
+    """(N, D) float32 tensor of rows that the model can score; DataError naming row and column if not.
+    With allow_missing, NaN marks a missing value (kept as NaN); Inf is still refused."""
     if array.ndim != 2:
         raise DataError(f"{source}: expected a 2-D array (rows x dimensions), got shape {list(array.shape)}")
     if array.shape[0] == 0:
@@ -142,8 +144,9 @@ def validate(
         array = array.copy()
     original = torch.from_numpy(array)
     values = original.to(torch.float32)
+    missing = torch.isnan(values) if allow_missing and original.is_floating_point() else None
     if original.is_floating_point():  # integers are always finite, and exact in float32 up to 2^24
-        finite = torch.isfinite(values)
+        finite = torch.isfinite(values) if missing is None else torch.isfinite(values) | missing
         if not bool(finite.all()):
             row, col = _first_false(finite)
             raise DataError(
@@ -156,6 +159,8 @@ def validate(
     # though float32 would round it to one. Integer input is checked as it is (no float copy at all).
     as_sent = original.dtype == torch.float64 or not (original.is_floating_point() or original.dtype == torch.bool)
     supported = likelihood.in_support(original if as_sent else values)
+    if missing is not None:
+        supported |= missing
     if not bool(supported.all()):
         row, col = _first_false(supported)
         raise DataError(

@@ -139,22 +139,37 @@ def npy_response(array: np.ndarray, headers: dict | None = None) -> Response:
     return Response(buffer.getvalue(), media_type=NPY, headers=headers)
 
 
-def png_grid(samples: np.ndarray, shape: list[int], low: float, high: float, scale: int = 2) -> bytes:
-    """A grid of images, one per sample, with a 1-pixel gap; values mapped from [low, high] to 0..255."""
+MISSING_RGB = np.array([40, 40, 90], dtype=np.float64)  # the query tile's missing region
+
+
+def png_grid(samples: np.ndarray, shape: list[int], low: float, high: float, scale: int = 2,
+             observed: np.ndarray | None = None) -> bytes:
+    """A grid of images, one per sample, with a 1-pixel gap; values mapped from [low, high] to 0..255.
+
+    With `observed` ((D,) bool, conditional sampling) the image is in colour: the first tile is the query,
+    its missing region shaded blue, and in every completion the drawn pixels are tinted blue while the
+    observed pixels stay grey, so the observed and the completed parts can be told apart at a glance."""
     if len(shape) != 2:
         raise NotAcceptable(f"image/png needs a model with a 2-D input_shape; this one has {shape}")
-    n = len(samples)
     height, width = shape
+    span = (high - low) or 1.0
+    grey = np.clip((samples.reshape(-1, height, width) - low) / span, 0, 1) * 255  # (n, H, W)
+    tiles = np.repeat(grey[..., None], 3, axis=3)  # (n, H, W, 3)
+    if observed is not None:
+        seen = observed.reshape(height, width)
+        tint = np.array([0.45, 0.7, 1.0])
+        tiles[:, ~seen] = grey[:, ~seen][..., None] * tint + (1 - tint) * 60
+        query = np.where(seen[..., None], tiles[0], MISSING_RGB)
+        tiles = np.concatenate([query[None], tiles])
+    n = len(tiles)
     columns = math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
-    grid = np.full((rows * (height + 1) + 1, columns * (width + 1) + 1), 128, dtype=np.uint8)
-    span = (high - low) or 1.0
-    pixels = np.clip((samples.reshape(n, height, width) - low) / span, 0, 1) * 255
+    grid = np.full((rows * (height + 1) + 1, columns * (width + 1) + 1, 3), 128, dtype=np.uint8)
     for i in range(n):
         r, c = divmod(i, columns)
         top, left = 1 + r * (height + 1), 1 + c * (width + 1)
-        grid[top : top + height, left : left + width] = pixels[i].astype(np.uint8)
-    image = Image.fromarray(grid, mode="L")
+        grid[top : top + height, left : left + width] = tiles[i].astype(np.uint8)
+    image = Image.fromarray(grid if observed is not None else grid[..., 0], mode="RGB" if observed is not None else "L")
     if scale > 1:
         image = image.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
     buffer = io.BytesIO()

@@ -18,7 +18,16 @@ import torch
 
 from ..data import DataError, validate
 from ..devices import resolve_device
-from ..made import Randomness, draw_randomness, make_generator, sample_from_randomness
+from ..made import Randomness, draw_randomness, make_generator
+from ..made.conditional import (
+    ConditionalRandomness,
+    ConditioningError,
+    draw_conditional_randomness,
+    marginal_log_prob,
+    observed_first,
+    sample_conditional_from_randomness,
+)
+from ..made.fast_sampling import sample_fast_from_randomness
 from ..settings import Settings
 from .batcher import Batcher, QueueBudget, Tensors, rows_of
 from .errors import APIError, InvalidInput, ModelNotReady
@@ -125,14 +134,15 @@ class Engine:
         return batcher
 
     # ---- validation --------------------------------------------------------------------------------------
-    def validate_rows(self, served: ServedModel, rows: np.ndarray) -> torch.Tensor:
+    def validate_rows(self, served: ServedModel, rows: np.ndarray, allow_missing: bool = False) -> torch.Tensor:
         if rows.shape[0] > self.settings.max_request_rows:
             raise InvalidInput(
                 f"{rows.shape[0]} rows in one request; the limit is {self.settings.max_request_rows}",
                 limit=self.settings.max_request_rows,
             )
         try:
-            return validate(rows, served.model.likelihood, served.model.n_dims, source="inputs")
+            return validate(rows, served.model.likelihood, served.model.n_dims, source="inputs",
+                            allow_missing=allow_missing)
         except DataError as exc:
             details = {k: v for k, v in (("row", exc.row), ("column", exc.column)) if v is not None}
             raise InvalidInput(str(exc), field="inputs", **details) from None
@@ -148,6 +158,16 @@ class Engine:
             log.info("request straddled a model swap; computing it again", extra={"model": batcher.model})
         raise ModelNotReady("the model version changed twice during this request; retry",
                             headers={"Retry-After": "1"})
+
+    @staticmethod
+    def check_conditioning(served: ServedModel, observed: torch.Tensor, masks: int, field: str) -> None:
+        """Refuse up front (422) what the model cannot condition on, before anything is queued."""
+        try:
+            for pattern in torch.unique(observed, dim=0):
+                for k in range(masks):
+                    observed_first(served.model, k, pattern)
+        except ConditioningError as exc:
+            raise InvalidInput(str(exc), field=field) from None
 
     @staticmethod
     def resolve_masks(served: ServedModel, masks: int | None) -> int:
@@ -166,18 +186,27 @@ class Engine:
             raise InvalidInput(
                 f"per-dimension conditionals of a {K}-mask ensemble need masks that share one ordering; "
                 "this model's masks use different orderings (ask for masks=1)", field="per_dimension")
-        x = self.validate_rows(served, rows)
-        batcher = self._batcher(name, "log_prob", (K, per_dimension), self._log_prob_compute(name, K, per_dimension))
+        x = self.validate_rows(served, rows, allow_missing=True)
+        missing = torch.isnan(x)
+        marginal = bool(missing.any())
+        if marginal:  # null/NaN entries are marginalised out: log p(x_observed)
+            if per_dimension:
+                raise InvalidInput("per_dimension cannot be combined with missing (null) values", field="per_dimension")
+            self.check_conditioning(served, ~missing, K, field="inputs")
+        key = (K, per_dimension, marginal)
+        batcher = self._batcher(name, "log_prob", key, self._log_prob_compute(name, K, per_dimension, marginal))
         result, version = await self.submit_consistent(batcher, (x,), deadline)
         return LogProbResult(version, K, result[0].numpy(), result[1].numpy() if per_dimension else None)
 
-    def _log_prob_compute(self, name: str, masks: int, per_dimension: bool):
+    def _log_prob_compute(self, name: str, masks: int, per_dimension: bool, marginal: bool = False):
         def compute(payloads: list[Tensors]) -> tuple[list[Tensors], int]:
             served = self.registry.get(name)  # the version being served when the batch runs
             sizes = [rows_of(p) for p in payloads]
             x = torch.cat([p[0] for p in payloads]).to(served.device)
             with torch.inference_mode():
-                if per_dimension:
+                if marginal:
+                    outputs = (marginal_log_prob(served.model, x, masks=masks).double(),)
+                elif per_dimension:
                     conditionals = served.model.conditional_log_probs(x, masks=masks).double()
                     outputs = (conditionals.sum(dim=1), conditionals)
                 else:
@@ -195,6 +224,10 @@ class Engine:
                                 "run `made calibrate --model DIR --data FILE`")
         if fpr is not None and not 0 < fpr < 1:
             raise InvalidInput(f"fpr must be between 0 and 1, got {fpr}", field="fpr")
+        if np.isnan(rows).any():
+            raise InvalidInput("anomaly scores need complete rows: the calibration is of full rows, so a "
+                               "marginal likelihood would not be comparable (use log-prob for missing values)",
+                               field="inputs")
         result = await self.log_prob(name, rows, calibration.masks, False, deadline)
         now = self.registry.get(name)
         if now.version == result.version and now.calibration is not None:
@@ -205,17 +238,56 @@ class Engine:
         return AnomalyResult(result.version, calibration.masks, fpr, threshold, score,
                              calibration.p_value(score), score > threshold)
 
-    async def sample(self, name: str, n: int, seed: int | None, masks: int | None, deadline: float) -> SampleResult:
+    @staticmethod
+    def observed_row(observed, n_dims: int) -> np.ndarray:
+        """(D,) float64 with NaN where a value is to be drawn, from {indices, values} or a row with nulls."""
+        if isinstance(observed, list):
+            if len(observed) != n_dims:
+                raise InvalidInput(f"observed has {len(observed)} values; the model expects {n_dims} "
+                                   "(null where a value is to be drawn)", field="observed")
+            return np.array([np.nan if v is None else v for v in observed], dtype=np.float64)
+        indices, values = observed.indices, observed.values
+        if len(indices) != len(values):
+            raise InvalidInput(f"observed has {len(indices)} indices but {len(values)} values", field="observed")
+        if len(set(indices)) != len(indices):
+            raise InvalidInput("observed.indices repeats a dimension", field="observed")
+        if indices and max(indices) >= n_dims:
+            raise InvalidInput(f"observed index {max(indices)} is out of range for {n_dims} dimensions",
+                               field="observed")
+        row = np.full(n_dims, np.nan)
+        row[indices] = values
+        if np.isnan(row[indices]).any():
+            raise InvalidInput("observed.values must be numbers", field="observed")
+        return row
+
+    async def sample(
+        self, name: str, n: int, seed: int | None, masks: int | None, deadline: float,
+        observed=None,
+    ) -> SampleResult:
+        """n samples; with `observed` (D,) holding NaN where a value is to be drawn, n completions of it,
+        drawn from p(x_missing | x_observed), the observed values kept exactly."""
         served = self.registry.get(name)
         if not 1 <= n <= self.settings.max_sample_n:
             raise InvalidInput(f"n must be between 1 and {self.settings.max_sample_n}, got {n}",
                                field="n", limit=self.settings.max_sample_n)
         K = self.resolve_masks(served, masks)
         seed = secrets.randbits(63) if seed is None else seed
+        generator = make_generator(seed, served.device)
         # This request's own randomness, drawn now: merged with other requests, its samples stay the same.
-        randomness = draw_randomness(served.model, n, K, make_generator(seed, served.device))
-        batcher = self._batcher(name, "sample", (), self._sample_compute(name))
-        (samples,), version = await self.submit_consistent(batcher, tuple(randomness), deadline)
+        if observed is not None:
+            observed = self.observed_row(observed, served.model.n_dims)
+            if not np.isnan(observed).any():
+                raise InvalidInput("observed gives every dimension: there is nothing left to sample",
+                                   field="observed")
+        if observed is None:
+            payload = tuple(draw_randomness(served.model, n, K, generator))
+            batcher = self._batcher(name, "sample", ("unconditional", K), self._sample_compute(name))
+        else:
+            given = self.validate_rows(served, observed[None, :], allow_missing=True)[0].to(served.device)
+            self.check_conditioning(served, ~torch.isnan(given)[None, :], K, field="observed")
+            payload = (given.to(served.model.dtype).expand(n, -1), *draw_conditional_randomness(served.model, n, generator))
+            batcher = self._batcher(name, "sample", ("conditional", K), self._conditional_compute(name, K))
+        (samples,), version = await self.submit_consistent(batcher, payload, deadline)
         return SampleResult(version, K, seed, samples.numpy(), served)
 
     def _sample_compute(self, name: str):
@@ -223,7 +295,18 @@ class Engine:
             served = self.registry.get(name)
             sizes = [rows_of(p) for p in payloads]
             randomness = Randomness(*(torch.cat(ts) for ts in zip(*payloads, strict=True)))
-            samples = sample_from_randomness(served.model, randomness).cpu()
+            samples = sample_fast_from_randomness(served.model, randomness).cpu()
+            return [(s,) for s in samples.split(sizes)], served.version
+
+        return compute
+
+    def _conditional_compute(self, name: str, masks: int):
+        def compute(payloads: list[Tensors]) -> tuple[list[Tensors], int]:
+            served = self.registry.get(name)
+            sizes = [rows_of(p) for p in payloads]
+            given, mask_u, noise = (torch.cat(ts) for ts in zip(*payloads, strict=True))
+            samples = sample_conditional_from_randomness(served.model, given, ConditionalRandomness(mask_u, noise),
+                                                         masks=masks).cpu()
             return [(s,) for s in samples.split(sizes)], served.version
 
         return compute

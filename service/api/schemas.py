@@ -59,8 +59,16 @@ class AnomalyResponse(BaseModel):
     is_anomaly: list[bool]
 
 
+class Observed(Strict):
+    indices: list[Annotated[int, Field(ge=0)]] = Field(description="observed dimensions, counting from 0")
+    values: list[float] = Field(description="their values, in the same order")
+
+
 class SampleRequest(Strict):
     n: Annotated[int, Field(ge=1, description="number of samples (<= max_sample_n)")]
+    observed: Observed | list[float | None] | None = Field(
+        None, description="condition on these values (inpainting): {indices, values}, or a row of D values with "
+                          "null where a value is to be drawn; samples keep the observed values exactly")
     seed: Annotated[int | None, Field(ge=0, lt=2**63, description="same seed, same samples (default: random)")] = None
     masks: Masks = None
 

@@ -71,8 +71,10 @@ async def anomaly(name: str, request: Request, engine: EngineDep, deadline: Dead
              openapi_extra=body_docs(SampleRequest) | {"responses": {"200": {"content": {
                  codecs.JSON: {}, codecs.NPY: {}, codecs.PNG: {"schema": {"type": "string", "format": "binary"}}}}}})
 async def sample(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
-    """Draw n samples; the same seed gives the same samples. `Accept: image/png` returns a grid image for
-    models with a 2-D input shape; `application/x-npy` an (n, D) array."""
+    """Draw n samples; the same seed gives the same samples. With `observed`, draw n completions of a
+    partly observed vector from p(x_missing | x_observed) (inpainting), keeping the observed values exactly.
+    `Accept: image/png` returns a grid image for models with a 2-D input shape (with `observed`: the query
+    first, then the completions, the drawn pixels tinted); `application/x-npy` an (n, D) array."""
     codecs.require_content_type(request, codecs.JSON)
     accept = codecs.wants(request, codecs.JSON, codecs.NPY, codecs.PNG)
     body = codecs.parse_json(await codecs.read_body(request, engine.settings.max_body_bytes))
@@ -82,7 +84,7 @@ async def sample(name: str, request: Request, engine: EngineDep, deadline: Deadl
         if not served.config.input_shape or len(served.config.input_shape) != 2:
             raise NotAcceptable(f"model {name!r} has no 2-D input_shape, so it has no image form; "
                                 "ask for application/json or application/x-npy")
-    result = await engine.sample(name, options.n, options.seed, options.masks, deadline)
+    result = await engine.sample(name, options.n, options.seed, options.masks, deadline, options.observed)
     headers = {"X-Model-Version": str(result.version), "X-Seed": str(result.seed), "X-Masks": str(result.masks)}
     samples = result.samples
     likelihood = result.served.model.likelihood
@@ -93,7 +95,10 @@ async def sample(name: str, request: Request, engine: EngineDep, deadline: Deadl
         low = 0.0
         if likelihood.real_valued:
             low, high = float(result.samples.min()), float(result.samples.max())
-        png = codecs.png_grid(result.samples, result.served.config.input_shape, low, high)
+        observed = None
+        if options.observed is not None:
+            observed = ~np.isnan(engine.observed_row(options.observed, result.served.model.n_dims))
+        png = codecs.png_grid(result.samples, result.served.config.input_shape, low, high, observed=observed)
         return Response(png, media_type=codecs.PNG, headers=headers)
     if accept == codecs.NPY:
         return codecs.npy_response(samples, headers)
