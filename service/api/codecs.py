@@ -139,7 +139,7 @@ def npy_response(array: np.ndarray, headers: dict | None = None) -> Response:
     return Response(buffer.getvalue(), media_type=NPY, headers=headers)
 
 
-MISSING_RGB = np.array([40, 40, 90], dtype=np.float64)  # the query tile's missing region
+MISSING_RGB = np.array([90, 90, 110], dtype=np.float64)  # the query tile's missing region: flat grey-blue
 
 
 def png_grid(samples: np.ndarray, shape: list[int], low: float, high: float, scale: int = 2,
@@ -157,8 +157,9 @@ def png_grid(samples: np.ndarray, shape: list[int], low: float, high: float, sca
     tiles = np.repeat(grey[..., None], 3, axis=3)  # (n, H, W, 3)
     if observed is not None:
         seen = observed.reshape(height, width)
-        tint = np.array([0.45, 0.7, 1.0])
-        tiles[:, ~seen] = grey[:, ~seen][..., None] * tint + (1 - tint) * 60
+        # drawn pixels run from dark blue (value low) to light blue (value high)
+        dark, light = np.array([15.0, 25.0, 70.0]), np.array([150.0, 205.0, 255.0])
+        tiles[:, ~seen] = dark + grey[:, ~seen][..., None] / 255.0 * (light - dark)
         query = np.where(seen[..., None], tiles[0], MISSING_RGB)
         tiles = np.concatenate([query[None], tiles])
     n = len(tiles)

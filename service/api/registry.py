@@ -22,7 +22,8 @@ import torch
 from .. import checkpoint
 from ..calibration import Calibration
 from ..checkpoint import CheckpointConfig, CheckpointError
-from ..made import MADEDensity, make_generator, sample
+from ..made import MADEDensity, make_generator
+from ..made.fast_sampling import sample_fast
 from ..settings import Settings
 from . import metrics
 from .errors import ModelNotFound, ModelNotReady
@@ -210,7 +211,7 @@ class ModelRegistry:
             warm = model.shift.expand(2, -1).clone() if model.likelihood.real_valued else torch.zeros(
                 2, model.n_dims, device=self.device)
             model.log_prob(warm, masks=config.eval_masks)
-            sample(model, 1, masks=1, generator=make_generator(0, self.device))
+            sample_fast(model, 1, masks=1, generator=make_generator(0, self.device))  # also builds its plan
         model.network.use_mask(0)
         return model, config
 
