@@ -37,15 +37,14 @@ PAPER = {"binarized-mnist": (88.40, 86.64), "uci-dna": (83.63, 79.66), "uci-mush
          "uci-nips": (280.25, 277.28)}
 COMMON = ["--order", "random", "--direct", "--mask-conditioning", "--lr-schedule", "cosine"]
 RECIPES = {
-    # name: (data file, made train flags)
+    # name: (data file, made train flags). These are the recipes of the shipped models (models/<name>/1).
     "binarized-mnist": ("binarized_mnist.npz", ["--hidden", "2000", "--masks", "16", "--resample", "both",
                                                 "--epochs", "60", "--patience", "15", "--batch-size", "100",
                                                 "--input-shape", "28", "28", "--weights-dtype", "float16"]),
-    "uci-dna": ("uci/dna.npz", ["--hidden", "500", "--masks", "32", "--resample", "both", "--epochs", "300",
-                                "--patience", "60", "--batch-size", "100", "--dropout", "0.3"]),
-    "uci-mushrooms": ("uci/mushrooms.npz", ["--hidden", "500", "--masks", "32", "--resample", "both",
-                                            "--epochs", "300", "--patience", "60", "--batch-size", "100",
-                                            "--dropout", "0.3"]),
+    "uci-dna": ("uci/dna.npz", ["--hidden", "500", "--masks", "32", "--resample", "both", "--lr", "3e-3",
+                                "--epochs", "800", "--patience", "100", "--batch-size", "100"]),
+    "uci-mushrooms": ("uci/mushrooms.npz", ["--hidden", "500", "--masks", "32", "--resample", "both", "--lr", "3e-3",
+                                            "--epochs", "1600", "--patience", "200", "--batch-size", "100"]),
     "uci-nips": ("uci/nips.npz", ["--hidden", "500", "--masks", "32", "--resample", "both", "--epochs", "300",
                                   "--patience", "60", "--batch-size", "20", "--dropout", "0.3",
                                   "--weight-decay", "1e-4"]),
