@@ -11,6 +11,7 @@ in its training record); progress goes to stderr.
     bench/quality.py --datasets uci-dna uci-mushrooms # some of them
     bench/quality.py --quick                          # reduced recipes: a few minutes
     bench/quality.py --evaluate-only                  # evaluate what --out-dir already holds
+    bench/quality.py --shipped                        # evaluate the shipped models/<name>/1
 """
 
 from __future__ import annotations
@@ -126,15 +127,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="reduced recipes (minutes), not for the results")
     parser.add_argument("--out-dir", default=None, help="where models go (default runs/quality, runs/quality-quick)")
     parser.add_argument("--evaluate-only", action="store_true")
+    parser.add_argument("--shipped", action="store_true", help="evaluate the shipped models/<name>/1 (no training)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--plot", default=None, help="PNG of NLL against masks (default <out-dir>/masks.png)")
     args = parser.parse_args()
     out_dir = Path(args.out_dir or ROOT / ("runs/quality-quick" if args.quick else "runs/quality"))
     results = []
     for name in args.datasets:
-        model_dir = out_dir / name
+        model_dir = ROOT / "models" / name / "1" if args.shipped else out_dir / name
         seconds = None
-        if not args.evaluate_only:
+        if not (args.evaluate_only or args.shipped):
             seconds = train(name, model_dir, args.quick, args.device)
         result = evaluate(name, model_dir, "cpu" if args.device == "auto" and not torch.cuda.is_available()
                           else args.device if args.device != "auto" else "cuda")
