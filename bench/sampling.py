@@ -52,7 +52,7 @@ def models(quick: bool, device: torch.device):
     if bundled.is_dir():
         model, config = checkpoint.load(bundled, device=device)
         yield "binarized-mnist (bundled)", model
-    synthetic = [(784, (500, 500), dict(direct_connections=True)), (180, (500,), {})]
+    synthetic = [(784, (500,), {}), (784, (500, 500), dict(direct_connections=True)), (180, (500,), {})]
     if not quick:
         synthetic += [(784, (2000,), dict(direct_connections=True, mask_conditioning=True)),
                       (112, (500, 500), dict(n_masks=4, order="random"))]

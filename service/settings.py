@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     max_request_rows: Annotated[int, Field(ge=1)] = Field(100_000, description="rows in one request")
     max_sample_n: Annotated[int, Field(ge=1)] = Field(1024, description="samples in one request")
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(128 * 1024 * 1024, description="request body size (413)")
+    max_missing_patterns: Annotated[int, Field(ge=1)] = Field(
+        64, description="distinct patterns of missing values in one request (each costs a pass per mask)")
 
     # operations
     admin_token: SecretStr | None = Field(None, description="bearer token required by admin routes (reload)")

@@ -64,8 +64,8 @@ def parse_json(body: bytes) -> dict:
 
 def rows_from_json(value, field: str = "inputs") -> np.ndarray:
     """(N, D) int64 (all integers) or float64 from a list of equal-length lists of numbers. true/false
-    count as 1/0 (JSON has no bit type). null becomes NaN, which validation refuses as not a number.
-    Integer rows stay integers: validating them needs no float copy."""
+    count as 1/0 (JSON has no bit type). null becomes NaN: a missing value (log-prob marginalises it;
+    routes that need complete rows refuse it). Integer rows stay integers: validating them needs no copy."""
     if not isinstance(value, list):
         raise InvalidInput(f"'{field}' must be a list of rows (lists of numbers)", field=field)
     if not value:

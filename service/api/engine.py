@@ -23,6 +23,7 @@ from ..made.conditional import (
     ConditionalRandomness,
     ConditioningError,
     draw_conditional_randomness,
+    is_order_agnostic,
     marginal_log_prob,
     observed_first,
     sample_conditional_from_randomness,
@@ -134,18 +135,19 @@ class Engine:
         return batcher
 
     # ---- validation --------------------------------------------------------------------------------------
-    def validate_rows(self, served: ServedModel, rows: np.ndarray, allow_missing: bool = False) -> torch.Tensor:
+    def validate_rows(self, served: ServedModel, rows: np.ndarray, allow_missing: bool = False,
+                      field: str = "inputs") -> torch.Tensor:
         if rows.shape[0] > self.settings.max_request_rows:
             raise InvalidInput(
                 f"{rows.shape[0]} rows in one request; the limit is {self.settings.max_request_rows}",
                 limit=self.settings.max_request_rows,
             )
         try:
-            return validate(rows, served.model.likelihood, served.model.n_dims, source="inputs",
+            return validate(rows, served.model.likelihood, served.model.n_dims, source=field,
                             allow_missing=allow_missing)
         except DataError as exc:
             details = {k: v for k, v in (("row", exc.row), ("column", exc.column)) if v is not None}
-            raise InvalidInput(str(exc), field="inputs", **details) from None
+            raise InvalidInput(str(exc), field=field, **details) from None
 
     @staticmethod
     async def submit_consistent(batcher: Batcher, payload: Tensors, deadline: float) -> tuple[Tensors, int]:
@@ -159,15 +161,25 @@ class Engine:
         raise ModelNotReady("the model version changed twice during this request; retry",
                             headers={"Retry-After": "1"})
 
-    @staticmethod
-    def check_conditioning(served: ServedModel, observed: torch.Tensor, masks: int, field: str) -> None:
-        """Refuse up front (422) what the model cannot condition on, before anything is queued."""
-        try:
-            for pattern in torch.unique(observed, dim=0):
-                for k in range(masks):
-                    observed_first(served.model, k, pattern)
-        except ConditioningError as exc:
-            raise InvalidInput(str(exc), field=field) from None
+    def check_conditioning(self, served: ServedModel, observed: torch.Tensor, masks: int, field: str) -> None:
+        """Refuse up front (422) what the model cannot condition on, before anything is queued: too many
+        distinct missing patterns (each costs a network pass per mask), or, for a fixed-order model, an
+        observed set that is not a prefix of its ordering (checked for all rows at once)."""
+        patterns = torch.unique(observed, dim=0)
+        if len(patterns) > self.settings.max_missing_patterns:
+            raise InvalidInput(f"{len(patterns)} distinct patterns of missing values in one request; the limit is "
+                               f"{self.settings.max_missing_patterns}", field=field,
+                               limit=self.settings.max_missing_patterns)
+        if is_order_agnostic(served.model):
+            return
+        for k in range(masks):  # a prefix: along the ordering, observed never follows a missing value
+            along = patterns[:, served.model.network.ordering(k).to(patterns.device)]
+            bad = (along[:, 1:] & ~along[:, :-1]).any(dim=1)
+            if bool(bad.any()):
+                try:
+                    observed_first(served.model, k, patterns[int(bad.nonzero()[0])])
+                except ConditioningError as exc:
+                    raise InvalidInput(str(exc), field=field) from None
 
     @staticmethod
     def resolve_masks(served: ServedModel, masks: int | None) -> int:
@@ -283,7 +295,8 @@ class Engine:
             payload = tuple(draw_randomness(served.model, n, K, generator))
             batcher = self._batcher(name, "sample", ("unconditional", K), self._sample_compute(name))
         else:
-            given = self.validate_rows(served, observed[None, :], allow_missing=True)[0].to(served.device)
+            given = self.validate_rows(served, observed[None, :], allow_missing=True, field="observed")[0]
+            given = given.to(served.device)
             self.check_conditioning(served, ~torch.isnan(given)[None, :], K, field="observed")
             payload = (given.to(served.model.dtype).expand(n, -1), *draw_conditional_randomness(served.model, n, generator))
             batcher = self._batcher(name, "sample", ("conditional", K), self._conditional_compute(name, K))

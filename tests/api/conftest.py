@@ -39,10 +39,10 @@ def save_tiny(path: Path, seed: int = 0, steps: int = 200, **options) -> None:
 
 
 def save_slow(path: Path) -> None:
-    """A deliberately heavy model (untrained): one request with masks=16 and 1024 rows takes seconds on
+    """A deliberately heavy model (untrained): one request with masks=32 and 1024 rows takes seconds on
     two CPU cores, which makes queueing, deadlines and draining observable."""
     torch.manual_seed(0)
-    model = build(128, "bernoulli", hidden_sizes=(2048, 2048), n_masks=16, eval_masks=1, order="random")
+    model = build(128, "bernoulli", hidden_sizes=(2048, 2048), n_masks=32, eval_masks=1, order="random")
     checkpoint.save(model, path)
 
 

@@ -54,7 +54,7 @@ CASES = [
      dict(json={"n": 2, "observed": {"indices": [9], "values": [1]}}), 422, "invalid_input", "out of range", {}),
     ("observed outside the support", "post", "/v1/models/tiny/sample",
      dict(json={"n": 2, "observed": {"indices": [3], "values": [0.5]}}), 422, "invalid_input",
-     "value 0.5 at row 0, column 3 is outside the support", {"column": 3}),
+     "value 0.5 at row 0, column 3 is outside the support", {"column": 3, "field": "observed"}),
     ("observed gives everything", "post", "/v1/models/tiny/sample", dict(json={"n": 2, "observed": [0] * 8}),
      422, "invalid_input", "nothing left to sample", {}),
     ("non-prefix conditioning of a fixed-order model", "post", "/v1/models/tiny-fixed/sample",
@@ -146,3 +146,15 @@ def test_bad_requests_do_not_affect_anyone_else(server):
     assert server.metric("made_rejections_total", model="tiny", reason="invalid_input") == rejected_before + 5
     assert server.metric("made_http_request_duration_seconds_count", status="500") == 0
     assert server.process.poll() is None
+
+
+def test_too_many_missing_patterns_are_refused(repository):
+    from tests.api.conftest import running
+
+    with running(repository, env={"MADE_MAX_MISSING_PATTERNS": "3"}) as server:
+        rows = [[None if i == j else 0 for i in range(8)] for j in range(4)]  # 4 distinct patterns
+        answer = server.client.post("/v1/models/tiny/log-prob", json={"inputs": rows})
+        fine = server.client.post("/v1/models/tiny/log-prob", json={"inputs": rows[:3]})
+    assert answer.status_code == 422 and answer.json()["error"]["limit"] == 3
+    assert "4 distinct patterns" in answer.json()["error"]["message"]
+    assert fine.status_code == 200

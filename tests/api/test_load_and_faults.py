@@ -1,6 +1,6 @@
 """Queue-full 503, deadline 504, reload under load, SIGTERM drain, metrics, and several workers.
 
-Loopback only, bounded in count and time. A deliberately heavy model (a 16-mask request of 1024 rows takes
+Loopback only, bounded in count and time. A deliberately heavy model (a 32-mask request of 1024 rows takes
 seconds) makes queueing observable without any test hook in the server.
 """
 
@@ -25,7 +25,7 @@ from tests.conftest import markov_chain
 SLOW_ROWS = np.random.default_rng(0).integers(0, 2, size=(1024, 128)).astype(float).tolist()
 
 
-def slow_request(server, masks=16, timeout=None):
+def slow_request(server, masks=32, timeout=None):
     headers = {"x-request-timeout": str(timeout)} if timeout else {}
     started = time.monotonic()
     answer = server.client.post("/v1/models/slow/log-prob", json={"inputs": SLOW_ROWS, "masks": masks},
@@ -41,7 +41,7 @@ def test_full_queue_answers_503_at_once_and_expired_requests_504_without_reachin
             time.sleep(0.5)
             queued = pool.submit(slow_request, server)  # B: waits behind A
             time.sleep(0.3)
-            expiring = pool.submit(slow_request, server, 16, 0.5)  # D: waits, then its deadline passes
+            expiring = pool.submit(slow_request, server, 32, 0.5)  # D: waits, then its deadline passes
             time.sleep(0.2)
             refused, refused_after = slow_request(server)  # C: the queue holds B and D
             late, late_after = expiring.result()
