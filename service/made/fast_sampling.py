@@ -27,7 +27,7 @@ import torch
 
 from .density import MADEDensity
 from .masks import hidden_mask, output_mask
-from .sampling import Randomness, draw_randomness
+from .sampling import Randomness, draw_randomness, sample_per_mask
 
 
 @dataclass
@@ -167,20 +167,10 @@ def sample_with_plan(
     return samples
 
 
-@torch.no_grad()
 def sample_fast_from_randomness(model: MADEDensity, randomness: Randomness) -> torch.Tensor:
     """(n, D) samples in original units; the same function of the randomness as the reference sampler."""
-    mask_choice, noise = randomness
-    was_training = model.training
-    model.eval()
-    try:
-        z = torch.zeros(noise.shape[0], model.n_dims, device=model.device, dtype=model.dtype)
-        for k in mask_choice.unique().tolist():
-            rows = (mask_choice == k).nonzero(as_tuple=True)[0]
-            z[rows] = sample_with_plan(model, _plan(model, k), noise[rows])
-        return model.destandardise(z)
-    finally:
-        model.train(was_training)
+    return sample_per_mask(model, randomness,
+                           lambda k, rows: sample_with_plan(model, _plan(model, k), randomness.noise[rows]))
 
 
 def sample_fast(

@@ -40,25 +40,35 @@ def draw_randomness(
 
 
 @torch.no_grad()
-def sample_from_randomness(model: MADEDensity, randomness: Randomness) -> torch.Tensor:
-    """(n, D) samples in the data's original units, a deterministic function of the randomness."""
+def sample_per_mask(model: MADEDensity, randomness: Randomness, fill) -> torch.Tensor:
+    """What every sampler shares: eval mode (no dropout), the rows grouped by the mask they drew, and
+    `fill(k, rows)` giving those rows' standardised samples under mask k; returns original units."""
     mask_choice, noise = randomness
-    n, D = noise.shape[0], model.n_dims
     was_training = model.training
-    model.eval()  # no dropout while sampling
+    model.eval()
     try:
-        z = torch.zeros(n, D, device=model.device, dtype=model.dtype)
+        z = torch.zeros(noise.shape[0], model.n_dims, device=model.device, dtype=model.dtype)
         for k in mask_choice.unique().tolist():
             rows = (mask_choice == k).nonzero(as_tuple=True)[0]
-            model.network.use_mask(k)
-            z_k = torch.zeros(len(rows), D, device=model.device, dtype=model.dtype)  # filled one dim per pass
-            for d in model.network.ordering(k).tolist():
-                params = model.network(z_k)  # (n_k, P, D); column d depends only on the fixed x_<d
-                z_k[:, d] = model.likelihood.sample(params[:, :, d], noise[rows, d])
-            z[rows] = z_k
+            z[rows] = fill(k, rows)
         return model.destandardise(z)
     finally:
         model.train(was_training)
+
+
+def sample_from_randomness(model: MADEDensity, randomness: Randomness) -> torch.Tensor:
+    """(n, D) samples in the data's original units, a deterministic function of the randomness."""
+    noise = randomness.noise
+
+    def walk(k: int, rows: torch.Tensor) -> torch.Tensor:
+        model.network.use_mask(k)
+        z_k = torch.zeros(len(rows), model.n_dims, device=model.device, dtype=model.dtype)  # one dim per pass
+        for d in model.network.ordering(k).tolist():
+            params = model.network(z_k)  # (n_k, P, D); column d depends only on the fixed x_<d
+            z_k[:, d] = model.likelihood.sample(params[:, :, d], noise[rows, d])
+        return z_k
+
+    return sample_per_mask(model, randomness, walk)
 
 
 def sample(
