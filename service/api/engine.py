@@ -69,6 +69,7 @@ class SampleResult:
     seed: int
     samples: np.ndarray  # (n, D)
     served: ServedModel
+    observed: np.ndarray | None = None  # (D,) bool: the dimensions given, for conditional samples
 
 
 class Engine:
@@ -301,7 +302,8 @@ class Engine:
             payload = (given.to(served.model.dtype).expand(n, -1), *draw_conditional_randomness(served.model, n, generator))
             batcher = self._batcher(name, "sample", ("conditional", K), self._conditional_compute(name, K))
         (samples,), version = await self.submit_consistent(batcher, payload, deadline)
-        return SampleResult(version, K, seed, samples.numpy(), served)
+        given = None if observed is None else ~np.isnan(observed)
+        return SampleResult(version, K, seed, samples.numpy(), served, given)
 
     def _sample_compute(self, name: str):
         def compute(payloads: list[Tensors]) -> tuple[list[Tensors], int]:

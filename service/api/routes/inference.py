@@ -95,10 +95,7 @@ async def sample(name: str, request: Request, engine: EngineDep, deadline: Deadl
         low = 0.0
         if likelihood.real_valued:
             low, high = float(result.samples.min()), float(result.samples.max())
-        observed = None
-        if options.observed is not None:
-            observed = ~np.isnan(engine.observed_row(options.observed, result.served.model.n_dims))
-        png = codecs.png_grid(result.samples, result.served.config.input_shape, low, high, observed=observed)
+        png = codecs.png_grid(result.samples, result.served.config.input_shape, low, high, observed=result.observed)
         return Response(png, media_type=codecs.PNG, headers=headers)
     if accept == codecs.NPY:
         return codecs.npy_response(samples, headers)
