@@ -57,7 +57,9 @@ def validate_options(model: type[BaseModel], values: dict):
         return model.model_validate(values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "body"
+        # pydantic puts the member of a union into the location ("observed.Observed.indices.0"): drop it
+        parts = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p))]
+        where = ".".join(parts) or "body"
         raise InvalidInput(f"{where}: {err['msg']}", field=where) from None
 
 
