@@ -253,17 +253,20 @@ def read_config(directory: str | os.PathLike) -> CheckpointConfig:
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path.parent} has no {WEIGHTS_FILE}")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    # A pickle starts with the PROTO opcode 0x80; torch.save's zip container with "PK".
-    if head[:1] == b"\x80" or head == b"PK":
-        raise CheckpointError(
-            f"{path} is a pickle (torch.save) file, not safetensors; pickles are never loaded, "
-            "because unpickling runs code"
-        )
     try:
+        # safetensors only ever parses a JSON header and copies raw bytes: safe to try on anything.
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        # Only now, on a file that is not safetensors, is the first byte worth a look: a pickle starts with
+        # the PROTO opcode 0x80 and a protocol number, torch.save's zip container with "PK\x03\x04". (A valid
+        # safetensors file can start with 0x80 too: its first bytes are the header's length.)
+        if head[:1] == b"\x80" or head == b"PK\x03\x04":
+            raise CheckpointError(
+                f"{path} is a pickle (torch.save) file, not safetensors; pickles are never loaded, "
+                "because unpickling runs code"
+            ) from None
         raise CheckpointError(f"{path} is corrupt or truncated (not a readable safetensors file): {exc}") from None
 
 

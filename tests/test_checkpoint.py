@@ -180,3 +180,22 @@ def test_non_finite_weights_are_refused(saved):
     rewrite_tensors(path, lambda t: t["network.output.bias"].__setitem__(0, float("nan")))
     with pytest.raises(CheckpointError, match="NaN or Inf"):
         checkpoint.load(path)
+
+
+def test_a_safetensors_header_whose_length_starts_with_the_pickle_opcode_still_loads(saved):
+    """Regression: the first 8 bytes of safetensors are the header length, so a valid file can begin with
+    0x80, the byte that starts a pickle. It was once refused as a pickle (found on a trained dna model)."""
+    from safetensors.torch import load_file, save_file
+
+    model, path = saved
+    weights = path / checkpoint.WEIGHTS_FILE
+    tensors = load_file(str(weights))
+    for pad in range(256):
+        save_file(tensors, str(weights), metadata={"format": "made-checkpoint", "pad": "x" * pad})
+        if weights.read_bytes()[0] == 0x80:
+            break
+    assert weights.read_bytes()[0] == 0x80
+    loaded, _ = checkpoint.load(path)
+    x = markov_chain(16, 6)
+    with torch.no_grad():
+        assert torch.equal(loaded.log_prob(x), model.log_prob(x))
