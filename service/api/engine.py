@@ -22,10 +22,9 @@ from ..made import Randomness, draw_randomness, make_generator
 from ..made.conditional import (
     ConditionalRandomness,
     ConditioningError,
+    check_observed,
     draw_conditional_randomness,
-    is_order_agnostic,
     marginal_log_prob,
-    observed_first,
     sample_conditional_from_randomness,
 )
 from ..made.fast_sampling import sample_fast_from_randomness
@@ -165,22 +164,16 @@ class Engine:
     def check_conditioning(self, served: ServedModel, observed: torch.Tensor, masks: int, field: str) -> None:
         """Refuse up front (422) what the model cannot condition on, before anything is queued: too many
         distinct missing patterns (each costs a network pass per mask), or, for a fixed-order model, an
-        observed set that is not a prefix of its ordering (checked for all rows at once)."""
+        observed set that is not a prefix of its ordering (conditional.check_observed)."""
         patterns = torch.unique(observed, dim=0)
         if len(patterns) > self.settings.max_missing_patterns:
             raise InvalidInput(f"{len(patterns)} distinct patterns of missing values in one request; the limit is "
                                f"{self.settings.max_missing_patterns}", field=field,
                                limit=self.settings.max_missing_patterns)
-        if is_order_agnostic(served.model):
-            return
-        for k in range(masks):  # a prefix: along the ordering, observed never follows a missing value
-            along = patterns[:, served.model.network.ordering(k).to(patterns.device)]
-            bad = (along[:, 1:] & ~along[:, :-1]).any(dim=1)
-            if bool(bad.any()):
-                try:
-                    observed_first(served.model, k, patterns[int(bad.nonzero()[0])])
-                except ConditioningError as exc:
-                    raise InvalidInput(str(exc), field=field) from None
+        try:
+            check_observed(served.model, patterns, masks)
+        except ConditioningError as exc:
+            raise InvalidInput(str(exc), field=field) from None
 
     @staticmethod
     def resolve_masks(served: ServedModel, masks: int | None) -> int:
@@ -302,8 +295,8 @@ class Engine:
             payload = (given.to(served.model.dtype).expand(n, -1), *draw_conditional_randomness(served.model, n, generator))
             batcher = self._batcher(name, "sample", ("conditional", K), self._conditional_compute(name, K))
         (samples,), version = await self.submit_consistent(batcher, payload, deadline)
-        given = None if observed is None else ~np.isnan(observed)
-        return SampleResult(version, K, seed, samples.numpy(), served, given)
+        observed_mask = None if observed is None else ~np.isnan(observed)
+        return SampleResult(version, K, seed, samples.numpy(), served, observed_mask)
 
     def _sample_compute(self, name: str):
         def compute(payloads: list[Tensors]) -> tuple[list[Tensors], int]:

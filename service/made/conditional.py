@@ -59,6 +59,20 @@ def observed_first(model: MADEDensity, k: int, observed: torch.Tensor) -> tuple[
     return degrees_from_ordering(reordered), model.network.hidden_degrees(k)
 
 
+def check_observed(model: MADEDensity, observed: torch.Tensor, masks: int) -> None:
+    """Raise ConditioningError unless the model can condition on every row's observed set ((B, D) bool),
+    for the first `masks` masks: always for an order-agnostic model; for a fixed-order one only when each
+    set is a prefix of the ordering. Checked for all rows at once, before any network pass."""
+    if is_order_agnostic(model):
+        return
+    patterns = torch.unique(observed, dim=0)
+    for k in range(masks):  # a prefix: along the ordering, an observed value never follows a missing one
+        along = patterns[:, model.network.ordering(k).to(patterns.device)]
+        bad = (along[:, 1:] & ~along[:, :-1]).any(dim=1)
+        if bool(bad.any()):
+            observed_first(model, k, patterns[int(bad.nonzero()[0])])  # raises, naming the prefix
+
+
 def _patterns(observed: torch.Tensor):
     """Yields (pattern (D,), row indices) for each distinct observed pattern of (B, D) bool."""
     patterns, inverse = torch.unique(observed, dim=0, return_inverse=True)

@@ -136,3 +136,15 @@ def test_merged_rows_keep_their_own_randomness(agnostic):
     merged_randomness = type(parts[0])(*(torch.cat(t) for t in zip(*parts)))
     merged = sample_conditional_from_randomness(agnostic, query, merged_randomness)
     assert torch.equal(merged, torch.cat(alone))
+
+
+def test_check_observed_accepts_prefixes_and_names_the_first_bad_set():
+    from service.made.conditional import check_observed
+
+    fixed = build(D, "bernoulli", hidden_sizes=(8,), order="reversed")  # ordering 5, 4, 3, 2, 1, 0
+    prefixes = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1], [1] * D], dtype=torch.bool)
+    check_observed(fixed, prefixes, masks=1)
+    with pytest.raises(ConditioningError, match="not a prefix"):
+        check_observed(fixed, torch.cat([prefixes, as_mask([0]).view(1, D)]), masks=1)
+    agnostic_model = build(D, "bernoulli", hidden_sizes=(8,), n_masks=2, order="random")
+    check_observed(agnostic_model, as_mask([0]).view(1, D), masks=2)  # any set, for an order-agnostic model
