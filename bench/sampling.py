@@ -2,9 +2,11 @@
 """Sampling cost: the reference sampler (D network passes) against the fast sampler (units by degree,
 about one pass of arithmetic), next to one scoring pass of the same batch.
 
-Prints a table: model | D | hidden | masks | batch | reference ms | fast ms | score ms | reference/fast |
-fast/score | identical. Times are the best of --repeat runs; "identical" says whether both samplers drew the
-same samples from the same seed. Progress on stderr.
+Prints a table: model | D | hidden | masks | batch | reference ms | fast ms | fast, no CUDA graph ms |
+score ms | reference/fast | fast/score | identical. Times are the best of --repeat runs; "identical" says
+whether both samplers drew the same samples from the same seed. On CUDA the fast sampler replays CUDA graphs;
+the "no CUDA graph" column is the same walk launched step by step (on CPU there are no graphs: "-").
+Progress on stderr.
 
     bench/sampling.py                     # the bundled model and synthetic architectures, batch 64
     bench/sampling.py --quick             # fewer configurations, one repeat
@@ -84,16 +86,21 @@ def main() -> int:
                 score = best_of(lambda: model.log_prob(x, masks=K), max(args.repeat, 5), device)
             sample_fast_from_randomness(model, randomness)  # warm-up (builds and caches the plans)
             fast = best_of(lambda: sample_fast_from_randomness(model, randomness), args.repeat, device)
+            eager = None
+            if device.type == "cuda":
+                eager = best_of(lambda: sample_fast_from_randomness(model, randomness, cuda_graphs=False),
+                                args.repeat, device)
             reference = best_of(lambda: sample_from_randomness(model, randomness), args.repeat, device)
             same = torch.equal(sample_fast_from_randomness(model, randomness), sample_from_randomness(model, randomness))
             rows.append((name, model.n_dims, "x".join(map(str, config.hidden_sizes)) or "-", K, batch,
-                         reference * 1e3, fast * 1e3, score * 1e3, reference / fast, fast / score, same))
-    print("| model | D | hidden | masks | batch | reference ms | fast ms | score ms | reference/fast | fast/score "
-          "| identical |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+                         reference * 1e3, fast * 1e3, eager, score * 1e3, reference / fast, fast / score, same))
+    print("| model | D | hidden | masks | batch | reference ms | fast ms | fast, no CUDA graph ms | score ms "
+          "| reference/fast | fast/score | identical |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.1f} | {r[6]:.1f} | {r[7]:.2f} | {r[8]:.1f}x "
-              f"| {r[9]:.1f}x | {'yes' if r[10] else 'no'} |")
+        eager = "-" if r[7] is None else f"{r[7] * 1e3:.1f}"
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.1f} | {r[6]:.1f} | {eager} | {r[8]:.2f} "
+              f"| {r[9]:.1f}x | {r[10]:.1f}x | {'yes' if r[11] else 'no'} |")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.lower().startswith("model name")), platform.machine())
     print(f"\n{datetime.now(UTC).isoformat(timespec='seconds')}; `{shlex.join(['bench/sampling.py', *sys.argv[1:]])}`; "

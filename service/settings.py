@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     compute_threads: Annotated[int, Field(ge=0)] = Field(
         0, description="torch intra-op threads for CPU compute (0: torch's default)"
     )
+    cuda_graphs: bool = Field(
+        True, description="on CUDA, run the fast sampler's walk as cached CUDA graphs (one launch, not ~5D)"
+    )
 
     # dynamic batching
     max_batch_rows: Annotated[int, Field(ge=1)] = Field(

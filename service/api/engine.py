@@ -303,7 +303,7 @@ class Engine:
             served = self.registry.get(name)
             sizes = [rows_of(p) for p in payloads]
             randomness = Randomness(*(torch.cat(ts) for ts in zip(*payloads, strict=True)))
-            samples = sample_fast_from_randomness(served.model, randomness).cpu()
+            samples = sample_fast_from_randomness(served.model, randomness, self.settings.cuda_graphs).cpu()
             return [(s,) for s in samples.split(sizes)], served.version
 
         return compute

@@ -13,15 +13,18 @@ slice, and all units of degree <= p a prefix. Sampling position q (0-based) is:
 
 Each hidden unit is computed exactly once, from exactly the inputs its mask lets it see, and each output
 parameter once: about one forward pass of arithmetic in D small steps. Mask conditioning is folded into
-the biases. The randomness is the reference sampler's (`sampling.draw_randomness`) consumed in the same
+the biases. On a GPU those D small steps are about 5D kernel launches, each costing more than its arithmetic,
+so there the whole walk is captured once per mask and batch size as a CUDA graph and replayed as one launch
+(`GraphedWalk`). The randomness is the reference sampler's (`sampling.draw_randomness`) consumed in the same
 order, so both samplers give the same samples for the same seed: identically for discrete heads (unless a
 probability lies within float rounding of its uniform draw) and within float tolerance for real ones.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -42,12 +45,15 @@ class _MaskPlan:
     out_bias: torch.Tensor  # (D, P)
     out_prefix: list[int]  # per position q: how many last-layer units (inputs, without layers) it sees
     direct: torch.Tensor | None  # (D, D, P): direct weights of position q from input positions
+    position: torch.Tensor | None = None  # (D,) the position of each dimension: argsort(ordering)
+    graphs: dict = field(default_factory=dict)  # rows -> GraphedWalk (CUDA), dropped with the plan
     # Per-step views, made once per plan: slicing in the loop would cost more than the arithmetic.
     out_steps: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None  # (bias, weights[:seen], seen)
     layer_steps: list[list[tuple[torch.Tensor, torch.Tensor, int, int, int] | None]] | None = None
 
     def __post_init__(self) -> None:
         D = len(self.ordering)
+        self.position = torch.argsort(self.ordering)
         self.out_steps = [(self.out_bias[q], self.out_weights[q, : self.out_prefix[q]], self.out_prefix[q])
                           for q in range(D)]
         self.layer_steps = []
@@ -132,7 +138,8 @@ def sample_with_plan(
     likelihood, act = model.likelihood, model.network.activation
     act_into = ACTIVATIONS_OUT.get(model.network.config.activation)
     bernoulli = likelihood.name == "bernoulli"
-    prepared = likelihood.prepare_noise(noise[:, plan.ordering])  # (n, D, R) by position
+    # index_select rather than advanced indexing: the same values, and nothing that would stop a CUDA graph
+    prepared = likelihood.prepare_noise(noise.index_select(1, plan.ordering))  # (n, D, R) by position
     z = torch.zeros(n, D, device=noise.device, dtype=model.dtype)  # samples by position
     z_columns, prepared_columns = z.unbind(1), prepared.unbind(1)
     hidden = [torch.zeros(n, b.shape[0], device=z.device, dtype=z.dtype) for b in plan.biases]
@@ -162,19 +169,96 @@ def sample_with_plan(
                 else:
                     h[:, start:end] = act(pre)
             below = h
-    samples = torch.empty_like(z)
-    samples[:, plan.ordering] = z
-    return samples
+    return z.index_select(1, plan.position)  # back to the dimensions' own order
 
 
-def sample_fast_from_randomness(model: MADEDensity, randomness: Randomness) -> torch.Tensor:
-    """(n, D) samples in original units; the same function of the randomness as the reference sampler."""
+GRAPH_MAX_ROWS = 1024  # above this the walk is bound by arithmetic, not launches: no graph needed
+_CAPTURE_LOCK = threading.Lock()  # one capture at a time (the loader thread warms up while requests run)
+
+
+def graph_rows(n: int) -> int:
+    """The batch size of the graph that serves n rows: the next power of two, so a handful of graphs per
+    mask serve every batch size (a graph's shapes are fixed when it is captured)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+class GraphedWalk:
+    """The walk of one plan over fixed buffers of `rows` rows. Smaller batches are padded with copies of
+    their first row (rows never interact, and a real row's noise keeps every value ordinary) and the padding
+    is sliced off. With `capture` (CUDA) the walk is recorded once as a CUDA graph and each call replays it:
+    the same kernels on the same buffers, so the same samples as the eager walk. Without it the walk runs
+    eagerly over the same buffers, which is how the buffer handling is tested where there is no GPU."""
+
+    def __init__(self, model: MADEDensity, plan: _MaskPlan, rows: int, noise_per_dim: int, capture: bool):
+        # Normal tensors, not inference tensors, whichever mode the first call came in: the buffers are
+        # written in place at every later call, which inference mode would forbid outside it.
+        with torch.inference_mode(False), torch.no_grad():
+            self._setup(model, plan, rows, noise_per_dim, capture)
+
+    def _setup(self, model: MADEDensity, plan: _MaskPlan, rows: int, noise_per_dim: int, capture: bool) -> None:
+        self.rows = rows
+        # 0.5 is an ordinary draw for every head (uniform or normal noise) while warming up and capturing
+        self.noise = torch.full((rows, model.n_dims, noise_per_dim), 0.5, device=model.device, dtype=model.dtype)
+        self._walk = lambda: sample_with_plan(model, plan, self.noise)
+        self.graph = None
+        self.samples = None
+        if capture:
+            device = model.device
+            with _CAPTURE_LOCK:
+                # Warm up on a side stream first (cuBLAS handles and workspaces are created outside the
+                # capture), as torch's CUDA graph notes prescribe.
+                side = torch.cuda.Stream(device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    for _ in range(2):
+                        self._walk()
+                torch.cuda.current_stream(device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                # thread_local: other threads may keep computing (other models) while this one captures
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    self.samples = self._walk()
+                self.graph = graph
+
+    def __call__(self, noise: torch.Tensor) -> torch.Tensor:
+        n = noise.shape[0]
+        if not 0 < n <= self.rows:
+            raise ValueError(f"{n} rows for a walk of {self.rows}")
+        with torch.inference_mode(False), torch.no_grad():
+            return self._run(noise, n)
+
+    def _run(self, noise: torch.Tensor, n: int) -> torch.Tensor:
+        self.noise[:n].copy_(noise)
+        if n < self.rows:
+            self.noise[n:].copy_(noise[:1].expand(self.rows - n, -1, -1))
+        if self.graph is None:
+            self.samples = self._walk()
+        else:
+            self.graph.replay()
+        return self.samples[:n].clone()  # the graph overwrites its output buffer at the next replay
+
+
+def walk(model: MADEDensity, plan: _MaskPlan, noise: torch.Tensor, cuda_graphs: bool = True) -> torch.Tensor:
+    """`sample_with_plan` for the plan's rows, through a cached CUDA graph where that pays."""
+    n = noise.shape[0]
+    if not cuda_graphs or noise.device.type != "cuda" or not 0 < n <= GRAPH_MAX_ROWS:
+        return sample_with_plan(model, plan, noise)
+    rows = graph_rows(n)
+    graphed = plan.graphs.get(rows)
+    if graphed is None:
+        graphed = plan.graphs[rows] = GraphedWalk(model, plan, rows, noise.shape[2], capture=True)
+    return graphed(noise)
+
+
+def sample_fast_from_randomness(model: MADEDensity, randomness: Randomness, cuda_graphs: bool = True) -> torch.Tensor:
+    """(n, D) samples in original units; the same function of the randomness as the reference sampler.
+    On CUDA each mask's walk runs as a CUDA graph unless `cuda_graphs` is off."""
     return sample_per_mask(model, randomness,
-                           lambda k, rows: sample_with_plan(model, _plan(model, k), randomness.noise[rows]))
+                           lambda k, rows: walk(model, _plan(model, k), randomness.noise[rows], cuda_graphs))
 
 
 def sample_fast(
-    model: MADEDensity, n: int, masks: int | None = None, generator: torch.Generator | None = None
+    model: MADEDensity, n: int, masks: int | None = None, generator: torch.Generator | None = None,
+    cuda_graphs: bool = True,
 ) -> torch.Tensor:
     """(n, D) samples from the K-mask ensemble at about one forward pass of cost."""
-    return sample_fast_from_randomness(model, draw_randomness(model, n, masks, generator))
+    return sample_fast_from_randomness(model, draw_randomness(model, n, masks, generator), cuda_graphs)

@@ -58,3 +58,43 @@ def test_cached_plans_follow_the_weights():
     after = sample_fast(model, 200, generator=make_generator(0))
     assert torch.equal(after, sample(model, 200, generator=make_generator(0)))
     assert not torch.equal(first, after)
+
+
+# ---- the fixed-buffer walk that CUDA graphs replay (capture itself needs a GPU: tests/gpu) ----------------
+
+def test_graph_batch_sizes_are_powers_of_two_that_fit():
+    from service.made.fast_sampling import graph_rows
+
+    assert [graph_rows(n) for n in (1, 2, 3, 4, 5, 63, 64, 65, 1000)] == [1, 2, 4, 4, 8, 64, 64, 128, 1024]
+
+
+@pytest.mark.parametrize("likelihood", HEADS)
+def test_fixed_buffer_walk_pads_and_slices_without_changing_a_sample(likelihood):
+    from service.made.fast_sampling import GraphedWalk, _plan, sample_with_plan
+
+    model = randomised(likelihood, hidden_sizes=(20, 20), direct_connections=True, mask_conditioning=True,
+                       n_masks=2, order="random")
+    plan = _plan(model, 1)
+    noise = model.likelihood.draw_noise(8, 9, make_generator(2), "cpu").double()
+    walk = GraphedWalk(model, plan, 8, noise.shape[2], capture=False)
+    for n in (8, 3, 1, 5):  # the same buffers, reused by smaller batches padded to 8 rows
+        eager = sample_with_plan(model, plan, noise[:n])
+        fixed = walk(noise[:n])
+        assert fixed.shape == (n, 9)
+        assert torch.allclose(fixed, eager, atol=1e-12, rtol=0)
+    assert walk(noise[:3]).data_ptr() != walk(noise[:3]).data_ptr()  # callers never hold the buffer itself
+    with pytest.raises(ValueError, match="9 rows for a walk of 8"):
+        walk(model.likelihood.draw_noise(9, 9, make_generator(2), "cpu").double())
+
+
+def test_fixed_buffer_walk_made_in_inference_mode_works_outside_it():
+    """The registry warms models up under inference_mode; the engine's later calls are not."""
+    from service.made.fast_sampling import GraphedWalk, _plan
+
+    model = randomised("bernoulli", hidden_sizes=(20,))
+    noise = torch.rand(4, 9, 1, generator=make_generator(0), dtype=torch.float64)
+    with torch.inference_mode():
+        walk = GraphedWalk(model, _plan(model, 0), 4, 1, capture=False)
+        inside = walk(noise)
+    outside = walk(noise)
+    assert torch.equal(inside, outside)
