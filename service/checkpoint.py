@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .calibration import Calibration
 from .made import MADE, MADEConfig, MADEDensity, make_likelihood
+from .made.layers import MaskedLinear
 from .made.masks import check_degrees
 
 FORMAT = "made-checkpoint"
@@ -92,6 +93,8 @@ class CheckpointConfig(BaseModel):
     seed: int = 0
     standardisation: Standardisation | None = None
     weights_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # "masked": a one-mask model stores only the weights its mask keeps (about half), flattened row-major
+    weights_layout: Literal["dense", "masked"] = "dense"
     training: TrainingRecord | None = None
     calibration: Calibration | None = None
 
@@ -101,6 +104,8 @@ class CheckpointConfig(BaseModel):
             raise ValueError(
                 f"format_version {self.format_version} is not supported (this build reads {FORMAT_VERSION})"
             )
+        if self.weights_layout == "masked" and self.n_masks != 1:
+            raise ValueError(f"weights_layout 'masked' needs a one-mask model, not n_masks={self.n_masks}")
         if self.eval_masks > self.n_masks:
             raise ValueError(f"eval_masks={self.eval_masks} exceeds n_masks={self.n_masks}")
         if self.calibration is not None and self.calibration.masks > self.n_masks:
@@ -152,6 +157,7 @@ def config_for(
     training: dict | None = None,
     calibration: Calibration | None = None,
     weights_dtype: str = "float32",
+    weights_layout: str = "dense",
 ) -> CheckpointConfig:
     net = model.network.config
     standardisation = None
@@ -174,6 +180,7 @@ def config_for(
         seed=net.seed,
         standardisation=standardisation,
         weights_dtype=weights_dtype,
+        weights_layout=weights_layout,
         training=TrainingRecord(**training) if training is not None else None,
         calibration=calibration,
     )
@@ -187,15 +194,23 @@ def save(
     training: dict | None = None,
     calibration: Calibration | None = None,
     weights_dtype: str = "float32",
+    weights_layout: str | None = None,
 ) -> CheckpointConfig:
-    """Write config.json and weights.safetensors; each file appears whole (written aside, then renamed)."""
-    config = config_for(model, input_shape, training, calibration, weights_dtype)
+    """Write config.json and weights.safetensors; each file appears whole (written aside, then renamed).
+    `weights_layout` defaults to "masked" for one-mask models (the weights no mask uses are not stored:
+    about half the file) and "dense" otherwise."""
+    if weights_layout is None:
+        weights_layout = "masked" if model.network.config.n_masks == 1 else "dense"
+    config = config_for(model, input_shape, training, calibration, weights_dtype, weights_layout)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     dtype = DTYPES[weights_dtype]
+    state = model.state_dict()
+    if weights_layout == "masked":
+        state = _pack_masked(model, state)
     tensors = {
         name: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous()
-        for name, t in model.state_dict().items()
+        for name, t in state.items()
     }
     weights_tmp = directory / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(weights_tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
@@ -203,6 +218,45 @@ def save(
     os.replace(weights_tmp, directory / WEIGHTS_FILE)
     write_config(directory, config)  # last: a config never describes weights that are not there yet
     return config
+
+
+def _masked_layers(model: MADEDensity) -> dict[str, MaskedLinear]:
+    """State-dict prefix -> masked layer, e.g. "network.hidden.0", "network.output", "network.direct"."""
+    return {f"network.{name}": m for name, m in model.network.named_modules() if isinstance(m, MaskedLinear)}
+
+
+def _packed_names(model: MADEDensity) -> dict[str, tuple[MaskedLinear, str]]:
+    """Tensor name -> (its layer, "weight" or "cond_weight"): the tensors the masked layout packs."""
+    return {f"{prefix}.{param}": (layer, param) for prefix, layer in _masked_layers(model).items()
+            for param in ("weight", "cond_weight") if getattr(layer, param) is not None}
+
+
+def _pack_masked(model: MADEDensity, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each masked weight as the 1-D row-major list of the entries its (only) mask keeps: the others never
+    reach an output, so dropping them changes no probability."""
+    model.network.use_mask(0)
+    state = dict(state)
+    for name, (layer, _) in _packed_names(model).items():
+        state[name] = state[name][layer.mask.bool()]
+    return state
+
+
+def _unpack_masked(model: MADEDensity, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """The inverse of `_pack_masked`, in place, with masks rebuilt from the (already checked) degrees."""
+    network = model.network
+    network.use_degrees(tensors["network.input_degrees"][0],
+                        [tensors[f"network.hidden_degrees_{l}"][0] for l in range(len(network.hidden))])
+    for name, (layer, param) in _packed_names(model).items():
+        keep = layer.mask.bool()
+        values = tensors[name]
+        if values.dim() != 1 or values.numel() != int(keep.sum()):
+            raise CheckpointError(
+                f"{path} does not match {CONFIG_FILE}: tensor {name} (masked layout) holds "
+                f"{list(values.shape)} values, its mask keeps {int(keep.sum())}"
+            )
+        dense = torch.zeros_like(getattr(layer, param), dtype=torch.float32)
+        dense[keep] = values.float()
+        tensors[name] = dense
 
 
 def _make_readable(path: Path) -> None:
@@ -301,9 +355,10 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
                 if part
             )
         )
+    packed = _packed_names(model) if config.weights_layout == "masked" else {}
     for name, tensor in tensors.items():
         want = expected[name]
-        if tuple(tensor.shape) != tuple(want.shape):
+        if name not in packed and tuple(tensor.shape) != tuple(want.shape):  # packed: checked when unpacked
             raise CheckpointError(
                 f"{directory / WEIGHTS_FILE} does not match {CONFIG_FILE}: tensor {name} has shape "
                 f"{list(tensor.shape)}, the config implies {list(want.shape)}"
@@ -327,5 +382,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
             )
     except ValueError as exc:
         raise CheckpointError(f"{directory / WEIGHTS_FILE} holds invalid mask degrees: {exc}") from None
+    if packed:
+        _unpack_masked(model, tensors, directory / WEIGHTS_FILE)
     model.load_state_dict(tensors)
     return model.to(device).eval(), config

@@ -57,6 +57,38 @@ def test_round_trip_gives_identical_log_probs(tmp_path, likelihood):
         assert (tmp_path / "m" / name).stat().st_mode & 0o044 == 0o044
 
 
+@pytest.mark.parametrize("likelihood", list(HEADS))
+def test_one_mask_models_store_only_the_weights_their_mask_keeps(tmp_path, likelihood):
+    model = build(6, likelihood, hidden_sizes=(40, 30), direct_connections=True, mask_conditioning=True,
+                  order="random", **HEADS[likelihood])
+    x = data_for(likelihood)
+    take_training_steps(model, x, steps=10)
+    checkpoint.save(model, tmp_path / "masked")
+    checkpoint.save(model, tmp_path / "dense", weights_layout="dense")
+    loaded, config = checkpoint.load(tmp_path / "masked")
+    assert config.weights_layout == "masked"
+    with torch.no_grad():
+        assert torch.equal(loaded.log_prob(x), model.log_prob(x))  # the dropped weights never mattered
+    dense_bytes = (tmp_path / "dense" / checkpoint.WEIGHTS_FILE).stat().st_size
+    masked_bytes = (tmp_path / "masked" / checkpoint.WEIGHTS_FILE).stat().st_size
+    assert masked_bytes < 0.75 * dense_bytes
+    for name, layer in checkpoint._masked_layers(loaded).items():  # what was dropped comes back as zeros
+        assert torch.all(layer.weight[layer.mask == 0] == 0), name
+
+
+def test_a_masked_tensor_with_the_wrong_count_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = build(6, "bernoulli", hidden_sizes=(16,))
+    checkpoint.save(model, tmp_path / "m")
+    path = tmp_path / "m" / checkpoint.WEIGHTS_FILE
+    tensors = load_file(str(path))
+    tensors["network.output.weight"] = tensors["network.output.weight"][:-1].contiguous()
+    save_file(tensors, str(path))
+    with pytest.raises(CheckpointError, match=r"tensor network.output.weight \(masked layout\) holds"):
+        checkpoint.load(tmp_path / "m")
+
+
 def test_float16_storage_loads_as_float32(tmp_path):
     model = build(6, "bernoulli", hidden_sizes=(16,), n_masks=2)
     take_training_steps(model, markov_chain(64, 6), steps=10)
@@ -140,6 +172,7 @@ def edit_config(path, **changes):
         (dict(likelihood={"name": "gaussian"}), "needs 'standardisation'"),
         (dict(format="something-else"), "not a made checkpoint"),
         (dict(n_dims="six"), "n_dims"),
+        (dict(weights_layout="masked"), "weights_layout 'masked' needs a one-mask model, not n_masks=3"),
     ],
 )
 def test_incompatible_configs_are_refused(saved, changes, message):
