@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs (0: off)")
     p.add_argument("--valid-masks", type=int, default=1, help="masks averaged for per-epoch validation")
     p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
+    p.add_argument("--ema-decay", type=float, default=0.0, help="validate and keep an exponential moving average of the weights with this decay per step, e.g. 0.999 (0: off)")
     p.add_argument("--input-shape", type=int, nargs="+", help="shape of one row as an image, e.g. 28 28")
     p.add_argument("--weights-dtype", default="float32", choices=sorted(checkpoint.DTYPES), help="storage dtype in the checkpoint (evaluation is always float32)")
     p.add_argument("--seed", type=int, default=0, help="seeds weights, masks, shuffling and the hold-out split")
@@ -210,6 +211,7 @@ def cmd_train(args) -> int:
         patience=args.patience,
         valid_masks=args.valid_masks,
         grad_clip=args.grad_clip,
+        ema_decay=args.ema_decay,
         seed=args.seed,
         progress=args.progress,
     )
@@ -232,7 +234,8 @@ def cmd_train(args) -> int:
         "valid_masks": eval_masks,
         "seed": args.seed,
         "optimizer": {"name": "adam", "lr": args.lr, "weight_decay": args.weight_decay,
-                      "lr_schedule": args.lr_schedule, "batch_size": args.batch_size},
+                      "lr_schedule": args.lr_schedule, "batch_size": args.batch_size,
+                      "ema_decay": args.ema_decay},
         "parameters": n_params,
         "device": str(device),
         "train_seconds": round(result.seconds, 1),

@@ -1,4 +1,5 @@
-"""Training a MADE: Adam, a learning-rate schedule, a new mask every minibatch, early stopping.
+"""Training a MADE: Adam, a learning-rate schedule, a new mask every minibatch, early stopping, and
+optionally an exponential moving average of the weights (the weights validated and kept).
 
 Order-agnostic / connectivity-agnostic training moves to another mask configuration each minibatch:
 cycling through the stored set, or drawing a fresh configuration every step (`fresh_masks`). Validation
@@ -33,12 +34,15 @@ class TrainConfig:
     patience: int = 20  # epochs without a better validation NLL before stopping (0: never stop early)
     valid_masks: int = 1  # masks averaged for the per-epoch validation NLL
     grad_clip: float | None = None
+    ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     seed: int = 0
     progress: bool | None = None  # a progress bar; None: only when stderr is a terminal
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.patience < 0:
             raise ValueError("epochs and batch_size must be >= 1, lr > 0, patience >= 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError("ema_decay must be in [0, 1)")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}")
 
@@ -90,6 +94,12 @@ def train(model: MADEDensity, train_x: torch.Tensor, valid_x: torch.Tensor, conf
     steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
     scheduler = _scheduler(optimizer, config, steps_per_epoch)
     show_bar = sys.stderr.isatty() if config.progress is None else config.progress
+    # The averaged weights are a copy of the model whose parameters follow the trained ones; its degree
+    # buffers are the model's (they never change in training), so it scores any stored mask as it would.
+    averaged = (torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay))
+        if config.ema_decay else None)
+    evaluated = averaged.module if averaged is not None else model
 
     best_nll, best_epoch, best_state = math.inf, 0, None
     history: list[EpochStats] = []
@@ -115,6 +125,8 @@ def train(model: MADEDensity, train_x: torch.Tensor, valid_x: torch.Tensor, conf
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             if config.lr_schedule == "cosine":
                 scheduler.step()
             step += 1
@@ -123,7 +135,7 @@ def train(model: MADEDensity, train_x: torch.Tensor, valid_x: torch.Tensor, conf
             if i % 20 == 0:
                 batches.set_postfix(train_nll=f"{total / seen:.3f}")
         batches.close()
-        valid_nll = mean_nll(model, valid_x, masks=config.valid_masks)
+        valid_nll = mean_nll(evaluated, valid_x, masks=config.valid_masks)
         if config.lr_schedule == "plateau":
             scheduler.step(valid_nll)
         stats = EpochStats(
@@ -132,7 +144,7 @@ def train(model: MADEDensity, train_x: torch.Tensor, valid_x: torch.Tensor, conf
         history.append(stats)
         if valid_nll < best_nll:
             best_nll, best_epoch = valid_nll, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(evaluated.state_dict())
         epochs_bar.update(1)
         epochs_bar.set_postfix(train_nll=f"{stats.train_nll:.3f}", valid_nll=f"{valid_nll:.3f}", best=f"{best_nll:.3f}")
         if not show_bar:

@@ -67,3 +67,20 @@ def test_real_valued_training_learns_a_linear_dependence():
     # Exact: log N(x0; 100, 5) + log N(x1 | x0; 0.3 x0, 0.1) -> entropy 0.5 log(2 pi e 25) + 0.5 log(2 pi e 0.01)
     entropy = 0.5 * math.log(2 * math.pi * math.e * 25) + 0.5 * math.log(2 * math.pi * math.e * 0.01)
     assert mean_nll(model, valid_x) < entropy + 0.1
+
+
+def test_the_weight_average_is_what_is_validated_and_kept():
+    train_x, valid_x = markov_chain(3000, D, seed=7), markov_chain(1000, D, seed=8)
+    model = build(D, "bernoulli", hidden_sizes=(256,))
+    result = train(model, train_x, valid_x, TrainConfig(epochs=15, batch_size=50, lr=3e-3, ema_decay=0.98,
+                                                         progress=False))
+    assert mean_nll(model, valid_x) < ENTROPY + 0.2
+    assert abs(mean_nll(model, valid_x) - result.best_valid_nll) < 1e-4
+    # An average that barely moves keeps the weights of its first update, one Adam step (at most about lr
+    # per weight) from the initial ones: the raw trained weights are not what is kept.
+    frozen = build(D, "bernoulli", hidden_sizes=(256,))
+    initial = {k: v.clone() for k, v in frozen.state_dict().items()}
+    train(frozen, train_x, valid_x, TrainConfig(epochs=2, batch_size=50, lr=3e-3, ema_decay=1 - 1e-9,
+                                                progress=False))
+    assert all(torch.allclose(frozen.state_dict()[k], v, atol=3.1e-3) for k, v in initial.items())
+    assert mean_nll(frozen, valid_x) > INDEPENDENT_BITS - 0.5
