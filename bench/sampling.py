@@ -50,10 +50,11 @@ def best_of(fn, repeat: int, device: torch.device) -> float:
 
 
 def models(quick: bool, device: torch.device):
-    bundled = ROOT / "models" / "binarized-mnist" / "1"
-    if bundled.is_dir():
-        model, config = checkpoint.load(bundled, device=device)
-        yield "binarized-mnist (bundled)", model
+    for bundled in ("binarized-mnist", "binarized-mnist-any-order"):  # the default, then the order-agnostic one
+        path = ROOT / "models" / bundled / "1"
+        if path.is_dir():
+            model, config = checkpoint.load(path, device=device)
+            yield f"{bundled} (bundled)", model
     synthetic = [(784, (500,), {}), (784, (500, 500), dict(direct_connections=True)), (180, (500,), {})]
     if not quick:
         synthetic += [(784, (2000,), dict(direct_connections=True, mask_conditioning=True)),
