@@ -173,6 +173,7 @@ def sample_with_plan(
 
 
 GRAPH_MAX_ROWS = 1024  # above this the walk is bound by arithmetic, not launches: no graph needed
+GRAPH_DEVICES = ("cuda",)  # where walks go through cached fixed-buffer walks (captured as graphs on CUDA only)
 _CAPTURE_LOCK = threading.Lock()  # one capture at a time (the loader thread warms up while requests run)
 
 
@@ -240,12 +241,13 @@ class GraphedWalk:
 def walk(model: MADEDensity, plan: _MaskPlan, noise: torch.Tensor, cuda_graphs: bool = True) -> torch.Tensor:
     """`sample_with_plan` for the plan's rows, through a cached CUDA graph where that pays."""
     n = noise.shape[0]
-    if not cuda_graphs or noise.device.type != "cuda" or not 0 < n <= GRAPH_MAX_ROWS:
+    if not cuda_graphs or noise.device.type not in GRAPH_DEVICES or not 0 < n <= GRAPH_MAX_ROWS:
         return sample_with_plan(model, plan, noise)
     rows = graph_rows(n)
     graphed = plan.graphs.get(rows)
     if graphed is None:
-        graphed = plan.graphs[rows] = GraphedWalk(model, plan, rows, noise.shape[2], capture=True)
+        graphed = plan.graphs[rows] = GraphedWalk(model, plan, rows, noise.shape[2],
+                                                  capture=noise.device.type == "cuda")
     return graphed(noise)
 
 

@@ -98,3 +98,20 @@ def test_fixed_buffer_walk_made_in_inference_mode_works_outside_it():
         inside = walk(noise)
     outside = walk(noise)
     assert torch.equal(inside, outside)
+
+
+def test_cached_fixed_buffer_walks_serve_every_batch_like_the_reference(monkeypatch):
+    """The CUDA path's bookkeeping (rows split among masks, one cached walk per mask and power of two,
+    reused by later batches), run on CPU with eager walks in place of captured graphs."""
+    from service.made import fast_sampling
+
+    monkeypatch.setattr(fast_sampling, "GRAPH_DEVICES", ("cuda", "cpu"))
+    model = randomised("bernoulli", hidden_sizes=(20, 20), direct_connections=True, n_masks=3, order="random")
+    for n in (64, 5, 7, 1, 64):
+        fast = sample_fast(model, n, generator=make_generator(n))
+        assert torch.equal(fast, sample(model, n, generator=make_generator(n)))
+        assert torch.equal(fast, sample_fast(model, n, generator=make_generator(n), cuda_graphs=False))
+    walks = [walk for _, plan in fast_sampling._PLANS[model].values() for walk in plan.graphs.values()]
+    assert walks and all(walk.graph is None for walk in walks)  # no capture off CUDA
+    assert all(walk.rows & (walk.rows - 1) == 0 for walk in walks)
+    assert len(walks) <= 3 * 7  # at most one per mask and power of two up to 64
