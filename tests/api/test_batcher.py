@@ -51,6 +51,16 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def submit_once(compute, n: int, **options):
+    """Start a batcher, submit one request of the rows 0..n-1, close the batcher; that request's answer."""
+    batcher = make(compute, **options)
+    batcher.start()
+    try:
+        return await batcher.submit((rows(0, n),), asyncio.get_running_loop().time() + 5)
+    finally:
+        await batcher.close()
+
+
 def test_concurrent_requests_merge_and_get_their_own_rows_back():
     compute = Recorder()
 
@@ -70,15 +80,7 @@ def test_concurrent_requests_merge_and_get_their_own_rows_back():
 
 def test_big_requests_are_split_never_refused_and_come_back_in_order():
     compute = Recorder()
-
-    async def main():
-        batcher = make(compute, max_batch_rows=16)
-        batcher.start()
-        out = await batcher.submit((rows(0, 100),), asyncio.get_running_loop().time() + 5)
-        await batcher.close()
-        return out
-
-    (result,), _ = run(main())
+    (result,), _ = run(submit_once(compute, 100, max_batch_rows=16))
     assert torch.equal(result, 2 * rows(0, 100))
     assert max(sum(b) for b in compute.batches) <= 16
 
@@ -146,28 +148,14 @@ def test_deadline_in_queue_gives_504_and_never_reaches_the_model():
 
 def test_out_of_memory_is_retried_in_halves():
     compute = Recorder(oom_above=10)
-
-    async def main():
-        batcher = make(compute)
-        batcher.start()
-        out = await batcher.submit((rows(0, 40),), asyncio.get_running_loop().time() + 5)
-        await batcher.close()
-        return out
-
-    (result,), _ = run(main())
+    (result,), _ = run(submit_once(compute, 40))
     assert torch.equal(result, 2 * rows(0, 40))
     assert max(sum(b) for b in compute.batches) <= 10
 
 
 def test_out_of_memory_on_one_row_fails_with_503():
-    async def main():
-        batcher = make(Recorder(oom_above=0))
-        batcher.start()
-        with pytest.raises(OutOfMemory):
-            await batcher.submit((rows(0, 4),), asyncio.get_running_loop().time() + 5)
-        await batcher.close()
-
-    run(main())
+    with pytest.raises(OutOfMemory):
+        run(submit_once(Recorder(oom_above=0), 4))
 
 
 def test_a_poisoned_request_fails_alone():
