@@ -28,7 +28,10 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Storage dtype of the floating-point tensors. "int8" quantizes the masked layers' weight matrices (below)
+# and keeps the other, small, tensors (biases, scales) in float32.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.float32}
+SCALE_SUFFIX = ".scale"  # int8: the per-row scale of a quantized weight, stored beside it
 
 
 class CheckpointError(Exception):
@@ -91,9 +94,13 @@ class CheckpointConfig(BaseModel):
     order: str | list[int] = "natural"
     eval_masks: Annotated[int, Field(ge=1)] = 1
     seed: int = 0
+    # a mixture of n_masks MADEs: each mask has its own hidden units and output rows (`made merge`)
+    mixture: bool = False
     standardisation: Standardisation | None = None
-    weights_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    # "masked": a one-mask model stores only the weights its mask keeps (about half), flattened row-major
+    # "int8": each masked weight matrix row as int8 values times one float32 scale (w = q * scale)
+    weights_dtype: Literal["float32", "float16", "bfloat16", "int8"] = "float32"
+    # "masked": a one-mask model or a mixture stores only the weights some mask keeps (about half),
+    # each matrix flattened row-major
     weights_layout: Literal["dense", "masked"] = "dense"
     training: TrainingRecord | None = None
     calibration: Calibration | None = None
@@ -104,8 +111,10 @@ class CheckpointConfig(BaseModel):
             raise ValueError(
                 f"format_version {self.format_version} is not supported (this build reads {FORMAT_VERSION})"
             )
-        if self.weights_layout == "masked" and self.n_masks != 1:
-            raise ValueError(f"weights_layout 'masked' needs a one-mask model, not n_masks={self.n_masks}")
+        if self.weights_layout == "masked" and self.n_masks != 1 and not self.mixture:
+            raise ValueError(
+                f"weights_layout 'masked' needs a one-mask model or a mixture, not n_masks={self.n_masks}"
+            )
         if self.eval_masks > self.n_masks:
             raise ValueError(f"eval_masks={self.eval_masks} exceeds n_masks={self.n_masks}")
         if self.calibration is not None and self.calibration.masks > self.n_masks:
@@ -137,6 +146,7 @@ class CheckpointConfig(BaseModel):
             activation=self.activation,
             dropout=self.dropout,
             seed=self.seed,
+            mixture=self.mixture,
         )
 
     def make_likelihood(self):
@@ -178,6 +188,7 @@ def config_for(
         order=net.order,
         eval_masks=net.eval_masks,
         seed=net.seed,
+        mixture=net.mixture,
         standardisation=standardisation,
         weights_dtype=weights_dtype,
         weights_layout=weights_layout,
@@ -197,17 +208,21 @@ def save(
     weights_layout: str | None = None,
 ) -> CheckpointConfig:
     """Write config.json and weights.safetensors; each file appears whole (written aside, then renamed).
-    `weights_layout` defaults to "masked" for one-mask models (the weights no mask uses are not stored:
-    about half the file) and "dense" otherwise."""
+    `weights_layout` defaults to "masked" for one-mask models and mixtures (the weights no mask uses are
+    not stored: about half the file) and "dense" otherwise."""
     if weights_layout is None:
-        weights_layout = "masked" if model.network.config.n_masks == 1 else "dense"
+        net = model.network.config
+        weights_layout = "masked" if net.n_masks == 1 or net.mixture else "dense"
     config = config_for(model, input_shape, training, calibration, weights_dtype, weights_layout)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     dtype = DTYPES[weights_dtype]
     state = model.state_dict()
-    if weights_layout == "masked":
-        state = _pack_masked(model, state)
+    keep = _kept_entries(model) if weights_layout == "masked" else None
+    if weights_dtype == "int8":
+        state = _quantize(model, state, keep)
+    if keep is not None:
+        state = _pack_masked(model, state, keep)
     tensors = {
         name: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous()
         for name, t in state.items()
@@ -231,23 +246,51 @@ def _packed_names(model: MADEDensity) -> dict[str, tuple[MaskedLinear, str]]:
             for param in ("weight", "cond_weight") if getattr(layer, param) is not None}
 
 
-def _pack_masked(model: MADEDensity, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each masked weight as the 1-D row-major list of the entries its (only) mask keeps: the others never
-    reach an output, so dropping them changes no probability."""
-    model.network.use_mask(0)
+def _kept_entries(model: MADEDensity, degrees: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Tensor name -> bool (out, in): the entries of each masked weight that some stored mask keeps (the
+    union over masks), from the model's degrees or from `degrees` (the checkpoint's, before loading)."""
+    network = model.network
+    degrees = degrees or {f"network.{name}": t for name, t in network.named_buffers() if "degrees" in name}
+    packed = _packed_names(model)
+    keep = {name: torch.zeros_like(layer.mask, dtype=torch.bool) for name, (layer, _) in packed.items()}
+    for k in range(network.config.n_masks):
+        network.use_degrees(degrees["network.input_degrees"][k],
+                            [degrees[f"network.hidden_degrees_{l}"][k] for l in range(len(network.hidden))],
+                            member=k)
+        for name, (layer, _) in packed.items():
+            keep[name] |= layer.mask.bool()
+    network.refresh_masks()
+    return keep
+
+
+def _quantize(model: MADEDensity, state: dict[str, torch.Tensor], keep: dict[str, torch.Tensor] | None):
+    """int8 storage: each row of a masked weight as round(w / scale) in [-127, 127], scale = max |w| / 127
+    over the row's stored entries (a per-row scale follows each unit's own weight range)."""
     state = dict(state)
-    for name, (layer, _) in _packed_names(model).items():
-        state[name] = state[name][layer.mask.bool()]
+    for name in _packed_names(model):
+        weight = state[name].float()
+        if keep is not None:
+            weight = weight * keep[name]
+        scale = weight.abs().amax(dim=1) / 127  # (out,)
+        state[name] = torch.round(weight / scale.clamp_min(torch.finfo(torch.float32).tiny)[:, None]).to(torch.int8)
+        state[name + SCALE_SUFFIX] = scale
+    return state
+
+
+def _pack_masked(model: MADEDensity, state: dict[str, torch.Tensor], keep: dict[str, torch.Tensor]):
+    """Each masked weight as the 1-D row-major list of the entries some mask keeps: the others never
+    reach an output, so dropping them changes no probability."""
+    state = dict(state)
+    for name in _packed_names(model):
+        state[name] = state[name][keep[name]]
     return state
 
 
 def _unpack_masked(model: MADEDensity, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """The inverse of `_pack_masked`, in place, with masks rebuilt from the (already checked) degrees."""
-    network = model.network
-    network.use_degrees(tensors["network.input_degrees"][0],
-                        [tensors[f"network.hidden_degrees_{l}"][0] for l in range(len(network.hidden))])
+    kept = _kept_entries(model, tensors)
     for name, (layer, param) in _packed_names(model).items():
-        keep = layer.mask.bool()
+        keep = kept[name]
         values = tensors[name]
         if values.dim() != 1 or values.numel() != int(keep.sum()):
             raise CheckpointError(
@@ -340,7 +383,10 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
         scale=torch.tensor(std.scale) if std else None,
     )
     tensors = _read_weights(directory / WEIGHTS_FILE)
-    expected = model.state_dict()
+    expected = dict(model.state_dict())
+    quantized = set(_packed_names(model)) if config.weights_dtype == "int8" else set()
+    for name in quantized:  # (out,) float32 scales, one per row
+        expected[name + SCALE_SUFFIX] = torch.zeros(expected[name].shape[0])
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -363,7 +409,10 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
                 f"{directory / WEIGHTS_FILE} does not match {CONFIG_FILE}: tensor {name} has shape "
                 f"{list(tensor.shape)}, the config implies {list(want.shape)}"
             )
-        if want.is_floating_point():
+        if name in quantized:
+            if tensor.dtype != torch.int8:
+                raise CheckpointError(f"tensor {name} in {directory / WEIGHTS_FILE} should be int8 (weights_dtype int8)")
+        elif want.is_floating_point():
             if not tensor.is_floating_point():
                 raise CheckpointError(f"tensor {name} in {directory / WEIGHTS_FILE} should be floating point")
             if not torch.isfinite(tensor).all():
@@ -379,10 +428,13 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
                 tensors["network.input_degrees"][k],
                 [tensors[f"network.hidden_degrees_{i}"][k] for i in range(len(config.hidden_sizes))],
                 config.n_dims,
+                allow_unused=config.mixture,
             )
     except ValueError as exc:
         raise CheckpointError(f"{directory / WEIGHTS_FILE} holds invalid mask degrees: {exc}") from None
     if packed:
         _unpack_masked(model, tensors, directory / WEIGHTS_FILE)
+    for name in quantized:
+        tensors[name] = tensors[name].float() * tensors.pop(name + SCALE_SUFFIX)[:, None]
     model.load_state_dict(tensors)
     return model.to(device).eval(), config

@@ -1,4 +1,4 @@
-"""The `made` command: train, eval, score and sample.
+"""The `made` command: train, merge, eval, score, calibrate, sample and serve.
 
 Errors a user can fix (bad data, a bad checkpoint, impossible options) print one line,
 `made: error: ...`, and exit with status 2; nothing else prints a traceback.
@@ -27,6 +27,7 @@ from .data import DataError
 from .devices import resolve_device
 from .made import ACTIVATIONS, LIKELIHOODS, MASK_RESAMPLING, build, make_generator, make_likelihood, sample
 from .made.fast_sampling import sample_fast
+from .made.mixture import merge
 from .made.masks import ORDERINGS
 from .training import LR_SCHEDULES, TrainConfig, standardisation, train
 
@@ -93,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal; log lines otherwise)")
 
+    p = commands.add_parser("merge", help="combine one-mask models into one mixture model (a checkpoint)",
+                            formatter_class=DEFAULTS,
+                            description="The uniform mixture p(x) = 1/K sum_k p_k(x) of K one-mask models of the "
+                                        "same data, stored as one K-mask model (docs/model.md).")
+    p.add_argument("members", nargs="+", metavar="MODEL", help="checkpoint directories of the one-mask models")
+    p.add_argument("--out", required=True, help="checkpoint directory to write (e.g. models/mine/2)")
+    p.add_argument("--data", help="held-out rows to evaluate the mixture on and calibrate its anomaly threshold "
+                                  "(default: the first member's validation file, if it has one)")
+    p.add_argument("--weights-dtype", default="float32", choices=sorted(checkpoint.DTYPES),
+                   help="storage dtype in the checkpoint (evaluation is always float32)")
+
     p = commands.add_parser("eval", help="mean negative log-likelihood of a data file, as one JSON line", formatter_class=DEFAULTS)
     _model_args(p)
     p.add_argument("--data", required=True, help=".npy, .npz[:key] (default key: x, else valid_x) or .csv")
@@ -147,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_level or "info", args.log_format or "text")
     try:
         return COMMANDS[args.command](args)
-    except (DataError, CheckpointError, UsageError, ValueError) as exc:
+    except (DataError, CheckpointError, UsageError, ValueError) as exc:  # MergeError is a ValueError
         print(f"made: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -341,6 +353,48 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    loaded = [checkpoint.load(path) for path in args.members]
+    shapes = {tuple(config.input_shape or ()) for _, config in loaded}
+    if len(shapes) > 1:
+        raise UsageError(f"the models have different input shapes: {sorted(shapes)}")
+    mixture = merge([model for model, _ in loaded])
+    valid_spec = args.data or _member_valid_file(loaded[0][1])
+    record = {
+        "command": args.command_line,
+        "members": [
+            {"path": path, **(config.training.model_dump(exclude_none=True, exclude={"history"})
+                              if config.training else {})}
+            for path, (_, config) in zip(args.members, loaded, strict=True)
+        ],
+        "parameters": sum(p.numel() for p in mixture.parameters()),
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    calibrated, summary = None, {"out": args.out, "masks": mixture.n_masks}
+    if valid_spec:
+        _, source, batches = _log_probs(mixture, valid_spec, mixture.n_masks, SCORE_BATCH_ROWS)
+        scores = -np.concatenate([log_p for _, log_p in batches])
+        sha = data.sha256_of(data.split_spec(valid_spec)[0])
+        record.update(valid_file=source, valid_sha256=sha, valid_rows=len(scores),
+                      best_valid_nll=float(scores.mean()), valid_masks=mixture.n_masks)
+        calibrated = calibration.calibrate(scores, masks=mixture.n_masks, data_file=source, data_sha256=sha)
+        summary["valid_nll"] = round(float(scores.mean()), 4)
+    checkpoint.save(mixture, args.out, input_shape=loaded[0][1].input_shape, training=record,
+                    calibration=calibrated, weights_dtype=args.weights_dtype)
+    print(json.dumps(summary))
+    return 0
+
+
+def _member_valid_file(config: checkpoint.CheckpointConfig) -> str | None:
+    """The validation file a member recorded, when it is still where it was."""
+    spec = config.training.valid_file if config.training else None
+    if spec and " " not in spec and data.split_spec(spec)[0].is_file():
+        return spec
+    return None
+
+
 def cmd_calibrate(args) -> int:
     if not 0 < args.fpr < 1:
         raise UsageError("--fpr must be between 0 and 1")
@@ -397,6 +451,7 @@ def cmd_sample(args) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "merge": cmd_merge,
     "eval": cmd_eval,
     "score": cmd_score,
     "calibrate": cmd_calibrate,

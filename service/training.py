@@ -88,6 +88,8 @@ def mean_nll(model: MADEDensity, x: torch.Tensor, masks: int | None = None, batc
 def train(model: MADEDensity, train_x: torch.Tensor, valid_x: torch.Tensor, config: TrainConfig) -> TrainResult:
     device = model.device
     network = model.network
+    if network.config.mixture:
+        raise ValueError("a mixture is not trained as one network: train one-mask models, then `made merge` them")
     train_x = train_x.to(device)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

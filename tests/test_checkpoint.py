@@ -12,7 +12,7 @@ import torch
 from service import checkpoint
 from service.checkpoint import CheckpointError
 from service.made import build
-from tests.conftest import markov_chain, take_training_steps
+from tests.conftest import all_binary, markov_chain, take_training_steps
 
 HEADS = {
     "bernoulli": dict(),
@@ -101,6 +101,63 @@ def test_float16_storage_loads_as_float32(tmp_path):
         assert torch.allclose(loaded.log_prob(x), model.log_prob(x), atol=1e-2)
 
 
+def test_a_mixture_round_trips_storing_only_what_its_masks_keep(tmp_path):
+    model = build(6, "categorical", categories=4, hidden_sizes=(30, 21), n_masks=3, mixture=True,
+                  order="random", direct_connections=True)
+    x = data_for("categorical")
+    take_training_steps(model, x, steps=10)
+    checkpoint.save(model, tmp_path / "masked")
+    checkpoint.save(model, tmp_path / "dense", weights_layout="dense")
+    loaded, config = checkpoint.load(tmp_path / "masked")
+    assert config.mixture and config.weights_layout == "masked" and loaded.network.config.mixture
+    with torch.no_grad():
+        for masks in (1, 2, 3):
+            assert torch.equal(loaded.log_prob(x, masks=masks), model.log_prob(x, masks=masks))
+    # Each hidden unit belongs to one member: a third of the hidden-to-hidden block and about half of the rest.
+    dense_bytes = (tmp_path / "dense" / checkpoint.WEIGHTS_FILE).stat().st_size
+    assert (tmp_path / "masked" / checkpoint.WEIGHTS_FILE).stat().st_size < 0.5 * dense_bytes
+
+
+@pytest.mark.parametrize("layout", ["masked", "dense"])
+def test_int8_storage_is_within_half_a_step_of_every_weight(tmp_path, layout):
+    from safetensors.torch import load_file
+
+    model = build(6, "bernoulli", hidden_sizes=(40, 30), direct_connections=True, order="random",
+                  n_masks=1 if layout == "masked" else 2)
+    take_training_steps(model, markov_chain(64, 6), steps=10)
+    checkpoint.save(model, tmp_path / "m", weights_dtype="int8", weights_layout=layout)
+    stored = load_file(str(tmp_path / "m" / checkpoint.WEIGHTS_FILE))
+    loaded, config = checkpoint.load(tmp_path / "m")
+    assert config.weights_dtype == "int8"
+    for name, layer in checkpoint._masked_layers(model).items():
+        assert stored[f"{name}.weight"].dtype == torch.int8
+        scale = stored[f"{name}.weight{checkpoint.SCALE_SUFFIX}"]  # (out,)
+        kept = layer.weight * layer.mask if layout == "masked" else layer.weight
+        assert torch.allclose(scale, kept.detach().abs().amax(1) / 127)
+        error = (loaded.get_submodule(name).weight * layer.mask - layer.weight * layer.mask).abs()
+        assert torch.all(error <= scale[:, None] / 2 + 1e-7), name
+    with torch.no_grad():  # still an exact, normalised MADE: of the rounded weights
+        assert abs(torch.logsumexp(loaded.log_prob(all_binary(6)).double(), 0).item()) < 1e-5
+        x = markov_chain(64, 6)
+        assert torch.allclose(loaded.log_prob(x), model.log_prob(x), atol=0.05)
+
+
+def test_int8_tensors_must_be_int8_with_their_scales(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = build(6, "bernoulli", hidden_sizes=(16,))
+    checkpoint.save(model, tmp_path / "m", weights_dtype="int8")
+    path = tmp_path / "m" / checkpoint.WEIGHTS_FILE
+    tensors = load_file(str(path))
+    save_file({**tensors, "network.output.weight": tensors["network.output.weight"].float()}, str(path))
+    with pytest.raises(CheckpointError, match="network.output.weight .* should be int8"):
+        checkpoint.load(tmp_path / "m")
+    del tensors["network.output.weight.scale"]
+    save_file(tensors, str(path))
+    with pytest.raises(CheckpointError, match=r"missing tensors \['network.output.weight.scale'\]"):
+        checkpoint.load(tmp_path / "m")
+
+
 def test_truncated_weights_are_refused(saved):
     _, path = saved
     weights = path / checkpoint.WEIGHTS_FILE
@@ -172,7 +229,8 @@ def edit_config(path, **changes):
         (dict(likelihood={"name": "gaussian"}), "needs 'standardisation'"),
         (dict(format="something-else"), "not a made checkpoint"),
         (dict(n_dims="six"), "n_dims"),
-        (dict(weights_layout="masked"), "weights_layout 'masked' needs a one-mask model, not n_masks=3"),
+        (dict(weights_layout="masked"), "weights_layout 'masked' needs a one-mask model or a mixture, not n_masks=3"),
+        (dict(mixture=True), "impossible model: a mixture has a fixed set of masks without mask conditioning"),
     ],
 )
 def test_incompatible_configs_are_refused(saved, changes, message):

@@ -117,9 +117,39 @@ def test_user_errors_exit_2_with_one_clear_line(trained, tmp_path):
          "needs the number of categories"),
         (["sample", "--model", str(root / "model"), "-n", "0", "--out", str(tmp_path / "s.npy")], "-n must be"),
         (["eval", "--model", str(root / "model"), "--data", str(root / "chain.npz"), "--device", "cuda:7"], "cuda"),
+        (["merge", str(root / "model"), str(root / "model"), "--out", str(tmp_path / "x")],
+         "model 0 has 4 masks; only one-mask models can be merged"),
     ]
     for args, message in cases:
         result = made(*args, check=False)
         assert result.returncode == 2, (args, result.stderr)
         assert "made: error: " in result.stderr and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_merge_writes_a_calibrated_mixture_of_its_members(trained, tmp_path):
+    root, _ = trained
+    members = []
+    for seed in (1, 2):
+        out = tmp_path / f"member{seed}"
+        made("train", "--data", str(root / "chain.npz"), "--out", str(out), "--hidden", "32", "--order", "random",
+             "--direct", "--epochs", "2", "--batch-size", "50", "--input-shape", "2", "5", "--seed", str(seed))
+        members.append(str(out))
+    result = made("merge", *members, "--out", str(tmp_path / "mixture"), "--weights-dtype", "int8")
+    summary = json.loads(result.stdout)
+    config = checkpoint.read_config(tmp_path / "mixture")
+    assert config.mixture and config.n_masks == 2 and config.hidden_sizes == [64] and config.input_shape == [2, 5]
+    assert config.weights_dtype == "int8" and config.weights_layout == "masked"
+    record = config.training
+    assert record.command.startswith("made merge ") and [m["path"] for m in record.members] == members
+    assert all(m["command"].startswith("made train ") for m in record.members)
+    # Evaluated and calibrated on the members' validation split (chain.npz:valid_x), with both members.
+    assert record.valid_file.endswith("chain.npz:valid_x") and config.calibration.masks == 2
+    assert config.calibration.mean == pytest.approx(summary["valid_nll"], abs=1e-3)
+    mixture, _ = checkpoint.load(tmp_path / "mixture")
+    loaded = [checkpoint.load(m)[0] for m in members]
+    x = torch.from_numpy(np.load(root / "chain.npz")["valid_x"]).float()
+    with torch.no_grad():
+        want = torch.logsumexp(torch.stack([m.log_prob(x) for m in loaded]), 0) - np.log(2)
+        assert torch.allclose(mixture.log_prob(x), want, atol=0.02)  # int8 storage: within rounding
+    assert -mixture.log_prob(x).mean().item() == pytest.approx(summary["valid_nll"], abs=1e-3)

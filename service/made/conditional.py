@@ -15,7 +15,8 @@ fresh mask every step under any, but a model trained on a finite set of ordering
 its marginals can disagree with its full-row scores (measured on the bundled MNIST model: the top half of a
 blank image scores -35.6 nats alone against -16.7 for the whole image). A model trained with one fixed
 ordering only answers when O is a prefix of that ordering: then nothing is re-ordered and the answer is
-exact for the model as trained; any other O is refused with ConditioningError.
+exact for the model as trained; any other O is refused with ConditioningError. So does a mixture of such
+models (`made merge`), for a prefix of every member's ordering.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class ConditionalRandomness(NamedTuple):
 
 def is_order_agnostic(model: MADEDensity) -> bool:
     config = model.network.config
+    if config.mixture:  # each member was trained on its own fixed ordering
+        return False
     return config.mask_resampling in ("order", "both") and (config.n_masks > 1 or config.fresh_masks)
 
 
@@ -88,7 +91,7 @@ def _observed_log_probs(model: MADEDensity, x: torch.Tensor, pattern: torch.Tens
     filled = torch.where(pattern, x, placeholder)
     out = []
     for k in range(K):
-        model.network.use_degrees(*observed_first(model, k, pattern))
+        model.network.use_degrees(*observed_first(model, k, pattern), member=k)
         conditionals = model.conditionals_for_active_mask(filled)  # (B, D)
         out.append(conditionals[:, pattern].sum(dim=1))
     model.network.refresh_masks()
@@ -145,7 +148,7 @@ def sample_conditional_from_randomness(
             for k in chosen.unique().tolist():
                 members = (chosen == k).nonzero(as_tuple=True)[0]
                 input_degrees, hidden_degrees = observed_first(model, k, pattern)
-                plan = build_plan(model, input_degrees, hidden_degrees)
+                plan = build_plan(model, input_degrees, hidden_degrees, member=k)
                 given = z_rows[members][:, plan.ordering[:n_observed]]  # (m, |O|) by position
                 z = sample_with_plan(model, plan, randomness.noise[rows[members]], observed=given)
                 samples[rows[members]] = model.destandardise(z)

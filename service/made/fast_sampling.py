@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .density import MADEDensity
-from .masks import hidden_mask, output_mask
+from .masks import UNUSED, hidden_mask, output_mask
 from .sampling import Randomness, draw_randomness, sample_per_mask
 
 
@@ -80,23 +80,28 @@ def _plan(model: MADEDensity, k: int) -> _MaskPlan:
     version = (_weights_version(model), model.device, model.dtype)
     if k in cache and cache[k][0] == version:
         return cache[k][1]
-    plan = build_plan(model, model.network.input_degrees[k], model.network.hidden_degrees(k))
+    plan = build_plan(model, model.network.input_degrees[k], model.network.hidden_degrees(k), member=k)
     cache[k] = (version, plan)
     return plan
 
 
 @torch.no_grad()
-def build_plan(model: MADEDensity, input_degrees: torch.Tensor, hidden_degrees: list[torch.Tensor]) -> _MaskPlan:
-    """The plan of any mask configuration given by its degrees (conditional sampling uses its own)."""
+def build_plan(
+    model: MADEDensity, input_degrees: torch.Tensor, hidden_degrees: list[torch.Tensor], member: int = 0
+) -> _MaskPlan:
+    """The plan of any mask configuration given by its degrees (conditional sampling uses its own).
+    `member`: in a mixture, the mask whose output rows to use; units the degrees leave UNUSED are dropped."""
     net = model.network
     D, P = model.n_dims, net.config.params_per_dim
+    rows = slice(member * P * D, (member + 1) * P * D) if net.config.mixture else slice(None)
     input_degrees = input_degrees.to(model.device)
     ordering = torch.argsort(input_degrees)  # position -> dimension
     previous_degrees, previous_order = input_degrees, ordering
     weights, biases, slices = [], [], []
     for layer, degrees in zip(net.hidden, hidden_degrees, strict=True):
         degrees = degrees.to(model.device)
-        order = torch.argsort(degrees, stable=True)
+        used = (degrees != UNUSED).nonzero().squeeze(1)
+        order = used[torch.argsort(degrees[used], stable=True)]  # the mask's units by degree
         mask = hidden_mask(previous_degrees, degrees)  # (H_l, H_{l-1})
         bias = layer.bias + ((layer.cond_weight * mask).sum(1) if layer.cond_weight is not None else 0)
         weights.append((layer.weight * mask)[order][:, previous_order].t().contiguous())
@@ -105,16 +110,17 @@ def build_plan(model: MADEDensity, input_degrees: torch.Tensor, hidden_degrees: 
         slices.append([(bounds[p], bounds[p + 1]) for p in range(D + 1)])
         previous_degrees, previous_order = degrees, order
     output_degrees = input_degrees.repeat(P)
-    out = (net.output.weight * output_mask(previous_degrees, output_degrees)).view(P, D, -1)  # (P, D, H_L)
+    out_mask = output_mask(previous_degrees, output_degrees)
+    out = (net.output.weight[rows] * out_mask).view(P, D, -1)  # (P, D, H_L)
     out_weights = out[:, ordering][:, :, previous_order].permute(1, 2, 0).contiguous()  # (D, H_L, P)
-    out_bias = net.output.bias.view(P, D)[:, ordering].t().contiguous()  # (D, P)
+    out_bias = net.output.bias[rows].view(P, D)[:, ordering].t().contiguous()  # (D, P)
     if weights:  # position q sees the last-layer units of degree <= q (degrees count from 1)
         out_prefix = [slices[-1][q][1] for q in range(D)]
     else:
         out_prefix = list(range(D))  # no hidden layer: the output layer reads the inputs before q
     direct = None
     if net.direct is not None:
-        d = (net.direct.weight * output_mask(input_degrees, output_degrees)).view(P, D, D)
+        d = (net.direct.weight[rows] * output_mask(input_degrees, output_degrees)).view(P, D, D)
         direct = d[:, ordering][:, :, ordering].permute(1, 2, 0).contiguous()  # (D, D, P)
     return _MaskPlan(ordering, weights, biases, slices, out_weights, out_bias, out_prefix, direct)
 

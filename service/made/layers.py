@@ -25,8 +25,16 @@ class MaskedLinear(nn.Linear):
     def set_mask(self, mask: torch.Tensor) -> None:
         self.mask.copy_(mask)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in) -> (B, out)
-        y = F.linear(x, self.weight * self.mask, self.bias)
-        if self.cond_weight is not None:
-            y = y + (self.cond_weight * self.mask).sum(dim=1)
+    def forward(self, x: torch.Tensor, rows: slice | None = None, cols: slice | None = None) -> torch.Tensor:
+        """(B, in) -> (B, out); with `rows` / `cols`, only that block of the layer: (B, in[cols]) -> (B, out[rows])
+        (a mixture's mask uses one block of units, and the rest would be multiplied by zeros)."""
+        weight, mask, bias, cond = self.weight, self.mask, self.bias, self.cond_weight
+        if rows is not None or cols is not None:
+            rows, cols = rows or slice(None), cols or slice(None)
+            weight, mask = weight[rows, cols], mask[rows, cols]
+            bias = bias[rows] if bias is not None else None
+            cond = cond[rows, cols] if cond is not None else None
+        y = F.linear(x, weight * mask, bias)
+        if cond is not None:
+            y = y + (cond * mask).sum(dim=1)
         return y

@@ -4,6 +4,11 @@ The network maps x (B, D) to P parameters per dimension, (B, P, D), where output
 the inputs that come before d in the active mask's ordering. It stores `n_masks` mask configurations
 (an ordering plus hidden degrees each); `use_mask(k)` switches between them, and order-agnostic /
 connectivity-agnostic training moves to another configuration every minibatch.
+
+A *mixture* network (`mixture=True`, built by `made merge` from separately trained MADEs) gives each
+mask its own block of every hidden layer (the other units are UNUSED under that mask) and its own block of
+output and direct rows: mask k is then an independent MADE with its own ordering, and the mask ensemble's
+average of probabilities is a uniform mixture of K MADEs. Only the active mask's blocks are computed.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from torch import nn
 
 from .layers import MaskedLinear
 from .masks import (
+    UNUSED,
     degrees_from_ordering,
     hidden_mask,
     make_ordering,
@@ -51,6 +57,7 @@ class MADEConfig:
     activation: str = "relu"
     dropout: float = 0.0
     seed: int = 0  # draws the stored masks; after that they are stored, not re-drawn
+    mixture: bool = False  # each mask its own hidden units and output rows: a mixture of n_masks MADEs
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
@@ -72,6 +79,11 @@ class MADEConfig:
             raise ValueError(f"eval_masks must be in [1, n_masks={self.n_masks}]")
         if not isinstance(self.order, str):
             self.order = [int(i) for i in self.order]
+        if self.mixture:
+            if self.mask_conditioning or self.fresh_masks:
+                raise ValueError("a mixture has a fixed set of masks without mask conditioning")
+            if any(h < self.n_masks for h in self.hidden_sizes):
+                raise ValueError(f"a mixture of {self.n_masks} needs at least {self.n_masks} units per hidden layer")
 
 
 class MADE(nn.Module):
@@ -86,8 +98,12 @@ class MADE(nn.Module):
         )
         self.activation = ACTIVATIONS[config.activation]()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.output = MaskedLinear(sizes[-1], P * D)
-        self.direct = MaskedLinear(D, P * D, bias=False) if config.direct_connections else None
+        # A mixture keeps one block of P*D output (and direct) rows per mask; otherwise the masks share one.
+        self.n_row_blocks = config.n_masks if config.mixture else 1
+        self.output = MaskedLinear(sizes[-1], self.n_row_blocks * P * D)
+        self.direct = MaskedLinear(D, self.n_row_blocks * P * D, bias=False) if config.direct_connections else None
+        self.rows: slice | None = None  # the active mask's output rows (mixture)
+        self.units: list[slice] | None = None  # the active mask's hidden units per layer (mixture)
 
         # The stored mask set, as degrees: (M, D) for the inputs and (M, H_l) per hidden layer.
         generator = torch.Generator().manual_seed(config.seed)
@@ -95,11 +111,13 @@ class MADE(nn.Module):
         base_hidden = self._draw_hidden_degrees(degrees_from_ordering(base_ordering), generator)
         input_degrees, hidden_degrees = [], []
         for k in range(config.n_masks):
-            inp, hid = (
-                (degrees_from_ordering(base_ordering), base_hidden)
-                if k == 0
-                else self.draw_degrees(generator, base_ordering, base_hidden)
-            )
+            if config.mixture:
+                ordering = base_ordering if k == 0 else torch.randperm(D, generator=generator)
+                inp, hid = degrees_from_ordering(ordering), self._draw_member_degrees(k, ordering, generator)
+            elif k == 0:
+                inp, hid = degrees_from_ordering(base_ordering), base_hidden
+            else:
+                inp, hid = self.draw_degrees(generator, base_ordering, base_hidden)
             input_degrees.append(inp)
             hidden_degrees.append(hid)
         self.register_buffer("input_degrees", torch.stack(input_degrees))
@@ -118,6 +136,17 @@ class MADE(nn.Module):
             degrees.append(previous)
         return degrees
 
+    def _draw_member_degrees(self, k: int, ordering: torch.Tensor, generator: torch.Generator | None):
+        """Mixture mask k: degrees for the k-th of n_masks equal blocks of each layer, UNUSED elsewhere."""
+        degrees, previous = [], degrees_from_ordering(ordering)
+        for size in self.config.hidden_sizes:
+            block = torch.arange(size).tensor_split(self.config.n_masks)[k]
+            layer = torch.full((size,), UNUSED, dtype=torch.long)
+            layer[block] = sample_hidden_degrees(previous, len(block), self.config.n_dims, generator)
+            degrees.append(layer)
+            previous = layer
+        return degrees
+
     def draw_degrees(
         self,
         generator: torch.Generator | None,
@@ -126,6 +155,8 @@ class MADE(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """A new mask configuration: resample the ordering, the hidden degrees, or both, per the config.
         What is not resampled is kept from `base_*` (by default, mask 0)."""
+        if self.config.mixture:
+            raise ValueError("a mixture's masks are its members: they are not redrawn")
         resample = self.config.mask_resampling
         if base_ordering is None:
             base_ordering = self.ordering(0).cpu()
@@ -156,35 +187,50 @@ class MADE(nn.Module):
         if not 0 <= k < self.config.n_masks:
             raise IndexError(f"mask {k} is not in the stored set of {self.config.n_masks}")
         if self.active_mask != k:
-            self.use_degrees(self.input_degrees[k], self.hidden_degrees(k))
+            self.use_degrees(self.input_degrees[k], self.hidden_degrees(k), member=k)
             self.active_mask = k
 
     def refresh_masks(self) -> None:
         self.active_mask = None
         self.use_mask(0)
 
-    def use_degrees(self, input_degrees: torch.Tensor, hidden_degrees: Sequence[torch.Tensor]) -> None:
-        """Install masks built from explicit degrees (fresh masks during training use this)."""
+    def use_degrees(
+        self, input_degrees: torch.Tensor, hidden_degrees: Sequence[torch.Tensor], member: int = 0
+    ) -> None:
+        """Install masks built from explicit degrees (fresh masks during training use this).
+        `member`: in a mixture, the mask whose output rows these degrees drive."""
         device = self.input_degrees.device
         input_degrees = input_degrees.to(device)
         previous = input_degrees
+        units = []
         for layer, degrees in zip(self.hidden, hidden_degrees, strict=True):
             degrees = degrees.to(device)
             layer.set_mask(hidden_mask(previous, degrees))
+            used = (degrees != UNUSED).nonzero()
+            units.append(slice(int(used.min()), int(used.max()) + 1) if len(used) else slice(0, 0))
             previous = degrees
-        P = self.config.params_per_dim
+        P, D = self.config.params_per_dim, self.config.n_dims
         output_degrees = input_degrees.repeat(P)  # output unit p*D + d carries parameter p of dim d
-        self.output.set_mask(output_mask(previous, output_degrees))
-        if self.direct is not None:
-            self.direct.set_mask(output_mask(input_degrees, output_degrees))
+        block = member if self.config.mixture else 0  # other networks share one block of rows
+        rows = slice(block * P * D, (block + 1) * P * D)
+        for layer, inputs in ((self.output, previous), (self.direct, input_degrees)):
+            if layer is not None:
+                mask = torch.zeros_like(layer.mask)  # a mixture: the other members' rows are not this mask's
+                mask[rows] = output_mask(inputs, output_degrees)
+                layer.set_mask(mask)
+        if self.config.mixture:
+            self.rows, self.units = rows, units
         self.active_mask = None
 
     # ---- forward ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, P, D)
-        h = x
-        for layer in self.hidden:
-            h = self.dropout(self.activation(layer(h)))
-        out = self.output(h)  # (B, P*D)
+        # A mixture computes only the active mask's blocks: the rest is masked out for it anyway.
+        units = self.units or [None] * len(self.hidden)
+        h, previous = x, None
+        for layer, block in zip(self.hidden, units, strict=True):
+            h = self.dropout(self.activation(layer(h, rows=block, cols=previous)))  # (B, H_l or its block)
+            previous = block
+        out = self.output(h, rows=self.rows, cols=previous)  # (B, P*D)
         if self.direct is not None:
-            out = out + self.direct(x)
+            out = out + self.direct(x, rows=self.rows)
         return out.view(x.shape[0], self.config.params_per_dim, self.config.n_dims)

@@ -1,0 +1,136 @@
+"""A mixture of MADEs (`made merge`): each mask an independent MADE on its own units, the whole an exact,
+normalised uniform mixture of the members, sampled exactly by both samplers."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from service.made import build, make_generator, sample
+from service.made.conditional import ConditioningError, marginal_log_prob, sample_conditional
+from service.made.fast_sampling import sample_fast
+from service.made.masks import UNUSED, hidden_mask, output_mask
+from service.made.mixture import MergeError, merge
+from tests.conftest import all_binary, all_categorical, markov_chain, take_training_steps
+from tests.made.test_masks import output_jacobian
+
+
+def trained_member(seed: int, likelihood: str = "bernoulli", D: int = 7, hidden=(20, 16), **options):
+    torch.manual_seed(seed)
+    member = build(D, likelihood, categories=3, hidden_sizes=hidden, order="random", direct_connections=True,
+                   seed=seed, **options)
+    x = markov_chain(64, D, seed=seed) if likelihood == "bernoulli" else torch.randint(0, 3, (64, D)).float()
+    return take_training_steps(member, x, steps=15)
+
+
+def test_unused_units_see_nothing_and_are_seen_by_nothing():
+    inputs = torch.tensor([2, 1, 3])
+    hidden = torch.tensor([1, UNUSED, 2])
+    assert torch.equal(hidden_mask(inputs, hidden), torch.tensor([[0, 1, 0], [0, 0, 0], [1, 1, 0]]).float())
+    assert torch.equal(hidden_mask(hidden, torch.tensor([2, UNUSED])), torch.tensor([[1, 0, 1], [0, 0, 0]]).float())
+    assert torch.equal(output_mask(hidden, inputs), torch.tensor([[1, 0, 0], [0, 0, 0], [1, 0, 1]]).float())
+
+
+@pytest.mark.parametrize("hidden", [(21, 15), (12,), ()])
+def test_each_mask_is_autoregressive_and_uses_only_its_own_weights(hidden):
+    D, K = 6, 3
+    model = build(D, "mog", components=2, hidden_sizes=hidden, n_masks=K, mixture=True, order="random",
+                  direct_connections=True, seed=4).double()
+    take_training_steps(model, torch.randn(32, D, dtype=torch.float64), steps=10)
+    for k in range(K):
+        model.network.use_mask(k)
+        degrees = model.network.input_degrees[k]
+        jac = output_jacobian(model, torch.randn(5, D, dtype=torch.float64))  # (P, D, D)
+        for d, d_in in itertools.product(range(D), range(D)):
+            if degrees[d_in] >= degrees[d]:
+                assert torch.all(jac[:, d, d_in] == 0), f"mask {k}: output {d} depends on input {d_in}"
+        # Mask k's outputs get no gradient from the units, rows or direct weights of any other mask.
+        model.zero_grad()
+        model.conditionals_for_active_mask(torch.randn(8, D, dtype=torch.float64)).sum().backward()
+        for l, layer in enumerate(model.network.hidden):
+            unused = model.network.hidden_degrees(k)[l] == UNUSED
+            assert torch.all(layer.weight.grad[unused] == 0) and torch.all(layer.bias.grad[unused] == 0)
+            assert layer.weight.grad[~unused].abs().sum() > 0  # its own units do
+        rows = torch.ones(model.network.output.weight.shape[0], dtype=torch.bool)
+        rows[model.network.rows] = False
+        assert torch.all(model.network.output.weight.grad[rows] == 0)
+        assert torch.all(model.network.output.bias.grad[rows] == 0)
+        assert torch.all(model.network.direct.weight.grad[rows] == 0)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "categorical"])
+def test_a_mixture_sums_to_one_by_enumeration(likelihood):
+    D = 6
+    model = build(D, likelihood, categories=3, hidden_sizes=(18, 12), n_masks=3, mixture=True, order="random",
+                  direct_connections=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.7)
+        x = all_binary(D) if likelihood == "bernoulli" else all_categorical(D, 3)
+        for masks in (1, 2, 3):
+            total = torch.logsumexp(model.log_prob(x, masks=masks).double(), dim=0)
+            assert abs(total.item()) < 1e-5
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "categorical"])
+def test_merge_computes_each_member_exactly_and_averages_probabilities(likelihood):
+    members = [trained_member(s, likelihood, hidden=h) for s, h in ((1, (20, 16)), (2, (9, 30)), (3, (14, 5)))]
+    mixture = merge(members)
+    assert mixture.network.config.hidden_sizes == (43, 51) and mixture.n_masks == 3
+    x = markov_chain(50, 7) if likelihood == "bernoulli" else torch.randint(0, 3, (50, 7)).float()
+    with torch.no_grad():
+        each = torch.stack([m.log_prob(x) for m in members])  # (K, B)
+        assert torch.allclose(mixture.log_prob_per_mask(x), each, atol=1e-5)
+        assert torch.allclose(mixture.log_prob(x), torch.logsumexp(each, 0) - math.log(3), atol=1e-5)
+        for k, member in enumerate(members):
+            assert torch.equal(mixture.network.ordering(k), member.network.ordering(0))
+
+
+def test_merge_refuses_models_that_cannot_be_mixed():
+    one = trained_member(1)
+    with pytest.raises(MergeError, match="at least two"):
+        merge([one])
+    with pytest.raises(MergeError, match="n_dims"):
+        merge([one, trained_member(2, D=8)])
+    with pytest.raises(MergeError, match="likelihood"):
+        merge([one, trained_member(2, "categorical")])
+    with pytest.raises(MergeError, match="only one-mask models"):
+        merge([one, build(7, "bernoulli", hidden_sizes=(20, 16), n_masks=2, direct_connections=True)])
+    with pytest.raises(MergeError, match="number of hidden layers"):
+        merge([one, trained_member(2, hidden=(20,))])
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "categorical"])
+def test_both_samplers_draw_the_same_exact_mixture_samples(likelihood):
+    D = 5
+    mixture = merge([trained_member(s, likelihood, D=D, hidden=(12, 10)) for s in (1, 2)]).double()
+    reference = sample(mixture, 20000, generator=make_generator(7))
+    assert torch.equal(sample_fast(mixture, 20000, generator=make_generator(7)), reference)
+    # The samples follow the mixture's exact distribution (total variation over all 2^5 or 3^5 rows).
+    base = 2 if likelihood == "bernoulli" else 3
+    support = all_binary(D) if likelihood == "bernoulli" else all_categorical(D, base)
+
+    def code(rows: torch.Tensor) -> torch.Tensor:  # each row as one integer in [0, base^D)
+        return (rows.long() * base ** torch.arange(D - 1, -1, -1)).sum(1)
+
+    with torch.no_grad():
+        exact = mixture.log_prob(support.double()).exp()
+    counts = torch.bincount(code(reference), minlength=base**D).double()
+    empirical = counts[code(support)] / len(reference)
+    assert 0.5 * (empirical - exact).abs().sum() < 0.08
+
+
+def test_a_mixture_conditions_only_on_a_prefix_of_every_member_ordering():
+    mixture = merge([trained_member(s, D=6, hidden=(12,)) for s in (1, 2)])
+    x = markov_chain(4, 6)
+    with torch.no_grad():
+        assert torch.allclose(marginal_log_prob(mixture, x), mixture.log_prob(x), atol=1e-6)
+    first = mixture.network.ordering(0)[0]
+    assert first != mixture.network.ordering(1)[0]  # so {first} is a prefix of one member's ordering only
+    partial = x.clone()
+    partial[:, [d for d in range(6) if d != first]] = float("nan")
+    with pytest.raises(ConditioningError, match="prefix"):
+        sample_conditional(mixture, partial)
