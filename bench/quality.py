@@ -63,6 +63,10 @@ QUICK = {  # the same recipes, reduced to minutes: not for the results table
     "uci-mushrooms": [*AGNOSTIC, "--hidden", "200", "--masks", "8", "--epochs", "20"],
     "uci-nips": [*AGNOSTIC, "--hidden", "200", "--masks", "8", "--epochs", "20", "--batch-size", "20"],
 }
+# Mixtures (`made merge`): the recipe is trained once per member, with that member's extra flags (later flags
+# win), then the members are merged with MERGE_FLAGS. The mixture's "masks" are its members.
+MEMBERS = {"binarized-mnist": [["--seed", "0"], ["--seed", "1"]]}
+MERGE_FLAGS = ["--weights-dtype", "int8"]
 ENSEMBLES = (1, 2, 4, 8, 16, 32)
 
 
@@ -77,11 +81,19 @@ def made() -> str:
 def train(name: str, out: Path, quick: bool, device: str) -> float:
     data_file, flags = RECIPES[name]
     flags = QUICK[name] if quick else flags
-    command = [made(), "train", "--data", str(DATA / data_file), "--out", str(out), *COMMON, *flags,
-               "--device", device, "--seed", "0"]
-    log(f"{name}: {shlex.join(command)}")
     started = time.monotonic()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    members = MEMBERS.get(name)
+    for i, extra in enumerate(members or [[]]):
+        model_out = out.with_name(f"{out.name}-member{i}") if members else out
+        command = [made(), "train", "--data", str(DATA / data_file), "--out", str(model_out), *COMMON, *flags,
+                   "--device", device, "--seed", "0", *extra]
+        log(f"{name}: {shlex.join(command)}")
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    if members:
+        command = [made(), "merge", *(str(out.with_name(f"{out.name}-member{i}")) for i in range(len(members))),
+                   "--out", str(out), "--data", f"{DATA / data_file}:valid_x", *MERGE_FLAGS]
+        log(f"{name}: {shlex.join(command)}")
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return time.monotonic() - started
 
 
@@ -98,10 +110,13 @@ def evaluate(name: str, model_dir: Path, device: str) -> dict:
         if K <= config.n_masks:
             nll[K] = -(torch.logsumexp(per_mask[:K], 0) - math.log(K)).mean().item()
     record = config.training
+    # A mixture's training is its members' (its own record is the merge).
+    trained = [argparse.Namespace(**m) for m in getattr(record, "members", None) or []] or [record] if record else []
+    seconds = [getattr(r, "train_seconds", None) for r in trained]
     return {"dataset": name, "nll": nll, "masks_default": config.eval_masks, "hidden": config.hidden_sizes,
-            "n_masks": config.n_masks, "command": record.command if record else None,
-            "train_seconds": getattr(record, "train_seconds", None) if record else None,
-            "device": getattr(record, "device", None) if record else None, "valid_rows": len(x)}
+            "n_masks": config.n_masks, "mixture": config.mixture, "command": record.command if record else None,
+            "train_seconds": sum(seconds) if seconds and None not in seconds else None,
+            "device": getattr(trained[0], "device", None) if trained else None, "valid_rows": len(x)}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -155,8 +170,10 @@ def main() -> int:
     for r in results:
         best_k = min(r["nll"], key=r["nll"].get)
         hidden = "x".join(map(str, r["hidden"]))
+        kind = (f"mixture of {r['n_masks']} MADEs" if r.get("mixture")
+                else f"{r['n_masks']} mask{'s' if r['n_masks'] > 1 else ''}")
         minutes = r["train_seconds"] / 60 if r["train_seconds"] else float("nan")
-        print(f"| {r['dataset']} | {hidden} hidden, {r['n_masks']} mask{'s' if r['n_masks'] > 1 else ''} | {r['nll'][1]:.2f} / {r['nll'][best_k]:.2f} "
+        print(f"| {r['dataset']} | {hidden} hidden, {kind} | {r['nll'][1]:.2f} / {r['nll'][best_k]:.2f} "
               f"({best_k}) | {PAPER[r['dataset']][0]:.2f} / {PAPER[r['dataset']][1]:.2f} | {minutes:.1f} min | "
               f"{r['device']} |")
     out_dir.mkdir(parents=True, exist_ok=True)

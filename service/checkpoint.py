@@ -223,10 +223,7 @@ def save(
         state = _quantize(model, state, keep)
     if keep is not None:
         state = _pack_masked(model, state, keep)
-    tensors = {
-        name: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous()
-        for name, t in state.items()
-    }
+    tensors = {name: _storage(t, dtype).detach().cpu().contiguous() for name, t in state.items()}
     weights_tmp = directory / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(weights_tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     _make_readable(weights_tmp)
@@ -244,6 +241,16 @@ def _packed_names(model: MADEDensity) -> dict[str, tuple[MaskedLinear, str]]:
     """Tensor name -> (its layer, "weight" or "cond_weight"): the tensors the masked layout packs."""
     return {f"{prefix}.{param}": (layer, param) for prefix, layer in _masked_layers(model).items()
             for param in ("weight", "cond_weight") if getattr(layer, param) is not None}
+
+
+def _storage(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Floating-point tensors in the storage dtype; degrees (int64 in memory, at most D) as int16 when they
+    fit, which they do for D < 32768; int8 weights as they are."""
+    if tensor.is_floating_point():
+        return tensor.to(dtype)
+    if tensor.dtype == torch.int64 and (tensor.numel() == 0 or int(tensor.abs().max()) <= torch.iinfo(torch.int16).max):
+        return tensor.to(torch.int16)
+    return tensor
 
 
 def _kept_entries(model: MADEDensity, degrees: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

@@ -217,7 +217,7 @@ def edit_config(path, **changes):
 @pytest.mark.parametrize(
     "changes,message",
     [
-        (dict(hidden_sizes=[16, 17]), r"has shape \[3, 16\], the config implies \[3, 17\]"),
+        (dict(hidden_sizes=[16, 17]), r"has shape \[(3, )?16\], the config implies \[(3, )?17\]"),
         (dict(hidden_sizes=[16]), "unexpected tensors"),
         (dict(direct_connections=False), "unexpected tensors"),
         (dict(mask_conditioning=False), "unexpected tensors"),

@@ -86,6 +86,7 @@ class MasksInfo(BaseModel):
     default: int
     resampling: str
     fresh_masks: bool
+    mixture: bool = Field(False, description="true: each mask is a separately trained MADE (made merge)")
 
 
 class ModelInfo(BaseModel):

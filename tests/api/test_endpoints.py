@@ -35,7 +35,7 @@ def test_model_listing_and_details(server):
     tiny = server.client.get("/v1/models/tiny").json()
     assert tiny["status"] == "ready" and tiny["version"] == 1 and tiny["n_dims"] == 8
     assert tiny["input_shape"] == [2, 4] and tiny["likelihood"] == {"name": "bernoulli"}
-    assert tiny["masks"] == {"stored": 4, "default": 2, "resampling": "both", "fresh_masks": False}
+    assert tiny["masks"] == {"stored": 4, "default": 2, "resampling": "both", "fresh_masks": False, "mixture": False}
     assert tiny["device"] == "cpu" and tiny["training"]["seed"] == 0
     assert tiny["calibration"]["n"] == 300 and tiny["calibration"]["masks"] == 2
     assert server.client.get("/v1/models/none").status_code == 404

@@ -26,7 +26,7 @@ def describe(registry: ModelRegistry, entry: ModelEntry) -> ModelInfo:
         input_shape=config.input_shape,
         hidden_sizes=config.hidden_sizes,
         masks=MasksInfo(stored=config.n_masks, default=config.eval_masks, resampling=config.mask_resampling,
-                        fresh_masks=config.fresh_masks),
+                        fresh_masks=config.fresh_masks, mixture=config.mixture),
         device=str(served.device),
         loaded_at=served.loaded_at,
         load_seconds=round(served.load_seconds, 4),
