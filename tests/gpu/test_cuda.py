@@ -47,6 +47,20 @@ def test_fast_sampler_on_cuda_draws_the_reference_samples():
     assert fast.is_cuda and torch.equal(reference, fast)
 
 
+def test_a_mixture_scores_and_samples_on_cuda_as_on_cpu():
+    from service.made.fast_sampling import sample_fast
+
+    model = build(9, "bernoulli", hidden_sizes=(40, 30), n_masks=3, mixture=True, order="random",
+                  direct_connections=True).double()
+    x = all_binary(9).double()
+    with torch.no_grad():
+        cpu = model.log_prob(x)
+        gpu = model.to("cuda").log_prob(x.cuda()).cpu()
+    assert torch.allclose(cpu, gpu, atol=1e-9)
+    reference = sample(model, 256, generator=make_generator(2, "cuda"))
+    assert torch.equal(sample_fast(model, 256, generator=make_generator(2, "cuda")), reference)
+
+
 def test_conditional_sampling_and_marginals_on_cuda():
     from service.made.conditional import marginal_log_prob, sample_conditional
 
