@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from .calibration import Calibration
 from .made import MADE, MADEConfig, MADEDensity, make_likelihood
 from .made.layers import MaskedLinear
-from .made.masks import check_degrees
+from .made.masks import check_degrees, check_mixture_blocks
 
 FORMAT = "made-checkpoint"
 FORMAT_VERSION = 1
@@ -260,6 +260,7 @@ def _kept_entries(model: MADEDensity, degrees: dict[str, torch.Tensor] | None = 
     degrees = degrees or {f"network.{name}": t for name, t in network.named_buffers() if "degrees" in name}
     packed = _packed_names(model)
     keep = {name: torch.zeros_like(layer.mask, dtype=torch.bool) for name, (layer, _) in packed.items()}
+    network.clear_masks()
     for k in range(network.config.n_masks):
         network.use_degrees(degrees["network.input_degrees"][k],
                             [degrees[f"network.hidden_degrees_{l}"][k] for l in range(len(network.hidden))],
@@ -437,6 +438,8 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
                 config.n_dims,
                 allow_unused=config.mixture,
             )
+        if config.mixture:
+            check_mixture_blocks([tensors[f"network.hidden_degrees_{i}"] for i in range(len(config.hidden_sizes))])
     except ValueError as exc:
         raise CheckpointError(f"{directory / WEIGHTS_FILE} holds invalid mask degrees: {exc}") from None
     if packed:

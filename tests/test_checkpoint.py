@@ -118,6 +118,20 @@ def test_a_mixture_round_trips_storing_only_what_its_masks_keep(tmp_path):
     assert (tmp_path / "masked" / checkpoint.WEIGHTS_FILE).stat().st_size < 0.5 * dense_bytes
 
 
+def test_a_mixture_whose_members_share_units_is_refused(tmp_path):
+    model = build(6, "bernoulli", hidden_sizes=(12,), n_masks=2, mixture=True, order="random")
+    checkpoint.save(model, tmp_path / "m", weights_layout="dense")
+    degrees = model.network.hidden_degrees_0.clone()
+    degrees[1, 0] = 3  # unit 0 is mask 0's: now mask 1 uses it too
+
+    def share(tensors):
+        tensors["network.hidden_degrees_0"] = degrees.to(tensors["network.hidden_degrees_0"].dtype)
+
+    rewrite_tensors(tmp_path / "m", share)
+    with pytest.raises(CheckpointError, match="a unit is used by more than one mask"):
+        checkpoint.load(tmp_path / "m")
+
+
 @pytest.mark.parametrize("layout", ["masked", "dense"])
 def test_int8_storage_is_within_half_a_step_of_every_weight(tmp_path, layout):
     from safetensors.torch import load_file

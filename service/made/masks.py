@@ -87,3 +87,16 @@ def check_degrees(
             raise ValueError(f"hidden layer {layer} has no unit in this mask")
         if len(used) and (int(used.min()) < 1 or int(used.max()) > high):
             raise ValueError(f"hidden layer {layer} has degrees outside [1, {high}]")
+
+
+def check_mixture_blocks(hidden_degrees: Sequence[torch.Tensor]) -> None:
+    """Raise ValueError unless, in every layer ((M, H_l) degrees), each mask's used units form one
+    contiguous block and no two masks share a unit: what a mixture's forward pass and masks rely on."""
+    for layer, degrees in enumerate(hidden_degrees):
+        owners = (degrees != UNUSED).sum(dim=0)
+        if bool((owners > 1).any()):
+            raise ValueError(f"hidden layer {layer}: a unit is used by more than one mask of the mixture")
+        for k, row in enumerate(degrees):
+            used = (row != UNUSED).nonzero().squeeze(1)
+            if len(used) and int(used[-1] - used[0]) + 1 != len(used):
+                raise ValueError(f"hidden layer {layer}: mask {k}'s units are not one contiguous block")

@@ -124,7 +124,8 @@ class MADE(nn.Module):
         for layer in range(len(self.hidden)):
             self.register_buffer(f"hidden_degrees_{layer}", torch.stack([h[layer] for h in hidden_degrees]))
         self.active_mask: int | None = None
-        self.use_mask(0)
+        self._member_blocks: dict[int, tuple[slice, list[slice]]] = {}  # mixture: members whose masks are in place
+        self.refresh_masks()
         # Loaded degrees replace the drawn ones: rebuild the masks from them.
         self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_masks())
 
@@ -186,40 +187,75 @@ class MADE(nn.Module):
         """Make stored mask configuration k the active one (no-op if it already is)."""
         if not 0 <= k < self.config.n_masks:
             raise IndexError(f"mask {k} is not in the stored set of {self.config.n_masks}")
-        if self.active_mask != k:
+        if self.active_mask == k:
+            return
+        if k in self._member_blocks:  # a mixture member whose masks are in place: only the blocks change
+            self.rows, self.units = self._member_blocks[k]
+        else:
             self.use_degrees(self.input_degrees[k], self.hidden_degrees(k), member=k)
-            self.active_mask = k
+            if self.config.mixture:
+                self._member_blocks[k] = (self.rows, self.units)
+        self.active_mask = k
 
     def refresh_masks(self) -> None:
-        self.active_mask = None
+        """Rebuild the masks from the stored degrees (after loading them)."""
+        self.clear_masks()
         self.use_mask(0)
+
+    def clear_masks(self) -> None:
+        """Forget the installed masks; a mixture's are zeroed, its members then installed as first used."""
+        self.active_mask = None
+        if self.config.mixture:
+            self._member_blocks.clear()
+            for layer in (*self.hidden, self.output, self.direct):
+                if layer is not None:
+                    layer.mask.zero_()
 
     def use_degrees(
         self, input_degrees: torch.Tensor, hidden_degrees: Sequence[torch.Tensor], member: int = 0
     ) -> None:
         """Install masks built from explicit degrees (fresh masks during training use this).
         `member`: in a mixture, the mask whose output rows these degrees drive."""
+        if self.config.mixture:
+            self._install_member(input_degrees, hidden_degrees, member)
+            return
         device = self.input_degrees.device
         input_degrees = input_degrees.to(device)
         previous = input_degrees
-        units = []
         for layer, degrees in zip(self.hidden, hidden_degrees, strict=True):
             degrees = degrees.to(device)
             layer.set_mask(hidden_mask(previous, degrees))
-            used = (degrees != UNUSED).nonzero()
-            units.append(slice(int(used.min()), int(used.max()) + 1) if len(used) else slice(0, 0))
             previous = degrees
         P, D = self.config.params_per_dim, self.config.n_dims
         output_degrees = input_degrees.repeat(P)  # output unit p*D + d carries parameter p of dim d
-        block = member if self.config.mixture else 0  # other networks share one block of rows
-        rows = slice(block * P * D, (block + 1) * P * D)
-        for layer, inputs in ((self.output, previous), (self.direct, input_degrees)):
-            if layer is not None:
-                mask = torch.zeros_like(layer.mask)  # a mixture: the other members' rows are not this mask's
-                mask[rows] = output_mask(inputs, output_degrees)
-                layer.set_mask(mask)
-        if self.config.mixture:
-            self.rows, self.units = rows, units
+        self.output.set_mask(output_mask(previous, output_degrees))
+        if self.direct is not None:
+            self.direct.set_mask(output_mask(input_degrees, output_degrees))
+        self.active_mask = None
+
+    def _install_member(
+        self, input_degrees: torch.Tensor, hidden_degrees: Sequence[torch.Tensor], member: int
+    ) -> None:
+        """A mixture writes only this member's blocks of the masks: members share no units and no output
+        rows, so all members' masks stay in place side by side and switching masks costs nothing."""
+        device = self.input_degrees.device
+        previous, previous_units = input_degrees.to(device), slice(None)  # layer 0 reads every input
+        units = []
+        for layer, degrees in zip(self.hidden, hidden_degrees, strict=True):
+            degrees = degrees.to(device)
+            used = (degrees != UNUSED).nonzero()
+            block = slice(int(used.min()), int(used.max()) + 1) if len(used) else slice(0, 0)
+            layer.mask[block, previous_units] = hidden_mask(previous[previous_units], degrees[block])
+            units.append(block)
+            previous, previous_units = degrees, block
+        P, D = self.config.params_per_dim, self.config.n_dims
+        output_degrees = input_degrees.to(device).repeat(P)
+        rows = slice(member * P * D, (member + 1) * P * D)
+        self.output.mask[rows, previous_units] = output_mask(previous[previous_units], output_degrees)
+        if self.direct is not None:
+            self.direct.mask[rows] = output_mask(input_degrees.to(device), output_degrees)
+        self._member_blocks.pop(member, None)  # until use_mask installs the stored degrees again
+        self.rows, self.units = rows, units
         self.active_mask = None
 
     # ---- forward ---------------------------------------------------------------------------------

@@ -134,3 +134,18 @@ def test_a_mixture_conditions_only_on_a_prefix_of_every_member_ordering():
     partial[:, [d for d in range(6) if d != first]] = float("nan")
     with pytest.raises(ConditioningError, match="prefix"):
         sample_conditional(mixture, partial)
+
+
+def test_switching_members_keeps_every_member_exact():
+    mixture = merge([trained_member(s, D=6, hidden=(12, 8)) for s in (1, 2, 3)])
+    x = markov_chain(20, 6)
+    with torch.no_grad():
+        before = mixture.log_prob_per_mask(x)
+        # Another ordering installed for member 1 (as conditioning does) replaces only member 1's masks ...
+        network = mixture.network
+        network.use_degrees(network.input_degrees[1].flip(0), network.hidden_degrees(1), member=1)
+        assert torch.allclose(mixture.conditionals_for_mask(x, 0).sum(1), before[0])
+        # ... and asking for stored mask 1 again puts its own back.
+        assert torch.allclose(mixture.log_prob_per_mask(x), before)
+        network.refresh_masks()
+        assert torch.allclose(mixture.log_prob_per_mask(x), before)
