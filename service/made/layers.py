@@ -28,13 +28,28 @@ class MaskedLinear(nn.Linear):
     def forward(self, x: torch.Tensor, rows: slice | None = None, cols: slice | None = None) -> torch.Tensor:
         """(B, in) -> (B, out); with `rows` / `cols`, only that block of the layer: (B, in[cols]) -> (B, out[rows])
         (a mixture's mask uses one block of units, and the rest would be multiplied by zeros)."""
-        weight, mask, bias, cond = self.weight, self.mask, self.bias, self.cond_weight
-        if rows is not None or cols is not None:
-            rows, cols = rows or slice(None), cols or slice(None)
-            weight, mask = weight[rows, cols], mask[rows, cols]
-            bias = bias[rows] if bias is not None else None
-            cond = cond[rows, cols] if cond is not None else None
-        y = F.linear(x, weight * mask, bias)
-        if cond is not None:
-            y = y + (cond * mask).sum(dim=1)
+        rows, cols = rows or slice(None), cols or slice(None)
+        if not torch.is_grad_enabled():  # inference: W * M (and the conditioning bias) from the cache
+            weight, cond_bias = self._masked_inference_tensors()
+            y = F.linear(x, weight[rows, cols], None if self.bias is None else self.bias[rows])
+            if cond_bias is not None:
+                y = y + (cond_bias[rows] if cols == slice(None) else
+                         (self.cond_weight[rows, cols] * self.mask[rows, cols]).sum(dim=1))
+            return y
+        mask = self.mask[rows, cols]
+        y = F.linear(x, self.weight[rows, cols] * mask, None if self.bias is None else self.bias[rows])
+        if self.cond_weight is not None:
+            y = y + (self.cond_weight[rows, cols] * mask).sum(dim=1)
         return y
+
+    def _masked_inference_tensors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """W * M and (V * M) 1, made again only when a weight or the mask has changed (in-place updates bump
+        a tensor's version; moving or converting the module gives new storage). Serving a model calls the
+        same masks over and over: this saves a full pass over the weights per call, for a copy's memory."""
+        tensors = (self.weight, self.mask, self.cond_weight)
+        key = tuple((t._version, t.data_ptr(), t.dtype) for t in tensors if t is not None)
+        if getattr(self, "_cache_key", None) != key:
+            weight = self.weight * self.mask
+            cond_bias = (self.cond_weight * self.mask).sum(dim=1) if self.cond_weight is not None else None
+            self._cache, self._cache_key = (weight, cond_bias), key
+        return self._cache
