@@ -226,7 +226,7 @@ class MADE(nn.Module):
             degrees = degrees.to(device)
             layer.set_mask(hidden_mask(previous, degrees))
             previous = degrees
-        P, D = self.config.params_per_dim, self.config.n_dims
+        P = self.config.params_per_dim
         output_degrees = input_degrees.repeat(P)  # output unit p*D + d carries parameter p of dim d
         self.output.set_mask(output_mask(previous, output_degrees))
         if self.direct is not None:
