@@ -2,7 +2,9 @@
 """One large request over HTTP: N rows as an .npy body (and as JSON), timed end to end.
 
 Starts the real server on loopback, sends the rows of ../shared/data/binarized_mnist.npz (repeated to N),
-and prints a table: format | rows | body MB | seconds (best of --repeat) | rows/s. Progress on stderr.
+and prints a table: format | rows | body MB | seconds (best of --repeat) | rows/s | server peak RSS MB (the
+server process's resident-set high-water mark while it answered that format's requests; its idle size
+after loading is printed below the table). Progress on stderr.
 
     bench/large_request.py                      # 100,000 rows as .npy, 20,000 as JSON
     bench/large_request.py --npy-rows 10000 --json-rows 2000 --repeat 1     # a quick check
@@ -36,6 +38,19 @@ def mnist_rows(n: int) -> np.ndarray:
     return np.resize(bits, (n, 784)).astype(np.uint8)
 
 
+def rss_mb(pid: int, field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def reset_peak(pid: int) -> None:
+    """Start a new high-water mark: writing 5 to clear_refs resets VmHWM to the current size (Linux >= 4.0)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def timed(client: httpx.Client, url: str, body: bytes, headers: dict, repeat: int) -> float:
     best = float("inf")
     for i in range(repeat):
@@ -62,6 +77,8 @@ def main() -> int:
     server.start(timeout_s=120)
     url = f"{server.base}/v1/models/{args.model}/log-prob"
     table = []
+    pid = server.process.pid  # `made serve` with one worker serves in this process
+    idle = rss_mb(pid, "VmRSS")
     try:
         with httpx.Client(timeout=600) as client:
             rows = mnist_rows(max(args.npy_rows, args.json_rows))
@@ -69,20 +86,24 @@ def main() -> int:
             np.save(buffer, rows[: args.npy_rows])
             body = buffer.getvalue()
             log(f".npy: {args.npy_rows} rows, {len(body) / 1e6:.1f} MB")
+            reset_peak(pid)
             seconds = timed(client, url, body, {"content-type": "application/x-npy", "accept": "application/x-npy"},
                             args.repeat)
-            table.append(("npy in, npy out", args.npy_rows, len(body), seconds))
+            table.append(("npy in, npy out", args.npy_rows, len(body), seconds, rss_mb(pid, "VmHWM")))
             body = json.dumps({"inputs": rows[: args.json_rows].tolist()}).encode()
             log(f"JSON: {args.json_rows} rows, {len(body) / 1e6:.1f} MB")
+            reset_peak(pid)
             seconds = timed(client, url, body, {"content-type": "application/json"}, args.repeat)
-            table.append(("JSON in, JSON out", args.json_rows, len(body), seconds))
+            table.append(("JSON in, JSON out", args.json_rows, len(body), seconds, rss_mb(pid, "VmHWM")))
     finally:
         status = server.stop()
         log(f"server exited with status {status}")
-    print("| format | rows | body MB | seconds | rows/s |")
-    print("|---|---|---|---|---|")
-    for fmt, n, size, seconds in table:
-        print(f"| {fmt} | {n} | {size / 1e6:.1f} | {seconds:.2f} | {n / seconds:,.0f} |")
+    print("| format | rows | body MB | seconds | rows/s | server peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for fmt, n, size, seconds, peak in table:
+        print(f"| {fmt} | {n} | {size / 1e6:.1f} | {seconds:.2f} | {n / seconds:,.0f} | {peak:,.0f} |")
+    print(f"\nServer resident set after loading every model of {args.model_repository}, before any request: "
+          f"{idle:,.0f} MB.")
     print(f"\n{datetime.now(UTC).isoformat(timespec='seconds')}; `{shlex.join([sys.argv[0], *sys.argv[1:]])}`; "
           f"{platform.processor() or platform.machine()}; Python {platform.python_version()}")
     return 0
