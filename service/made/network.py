@@ -200,10 +200,13 @@ class MADE(nn.Module):
     def refresh_masks(self) -> None:
         """Rebuild the masks from the stored degrees (after loading them)."""
         self.clear_masks()
+        if self.config.mixture:  # every member's masks in place at once, so no pass rewrites a mask in use
+            for k in range(self.config.n_masks):
+                self.use_mask(k)
         self.use_mask(0)
 
     def clear_masks(self) -> None:
-        """Forget the installed masks; a mixture's are zeroed, its members then installed as first used."""
+        """Forget the installed masks (a mixture's are zeroed)."""
         self.active_mask = None
         if self.config.mixture:
             self._member_blocks.clear()

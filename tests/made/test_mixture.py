@@ -143,3 +143,11 @@ def test_switching_members_keeps_every_member_exact():
         assert torch.allclose(mixture.log_prob_per_mask(x), before)
         network.refresh_masks()
         assert torch.allclose(mixture.log_prob_per_mask(x), before)
+
+
+def test_gradients_flow_through_every_member_of_a_freshly_loaded_mixture():
+    mixture = merge([trained_member(s, D=6, hidden=(12,)) for s in (1, 2)])
+    mixture.network.refresh_masks()  # as after loading: no pass may then rewrite a mask autograd saved
+    loss = -mixture.log_prob(markov_chain(16, 6)).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in mixture.parameters())
