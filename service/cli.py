@@ -13,6 +13,7 @@ import math
 import os
 import shlex
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -372,20 +373,21 @@ def cmd_merge(args) -> int:
         "torch_version": torch.__version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    checkpoint.save(mixture, args.out, input_shape=loaded[0][1].input_shape, training=record,
-                    weights_dtype=args.weights_dtype)
-    summary = {"out": args.out, "masks": mixture.n_masks}
-    if valid_spec:  # evaluate and calibrate what was stored (int8 storage rounds the weights)
-        stored, config = checkpoint.load(args.out)
+    summary, calibrated = {"out": args.out, "masks": mixture.n_masks}, None
+    if valid_spec:  # evaluate and calibrate the model as stored (int8 storage rounds the weights)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint.save(mixture, tmp, weights_dtype=args.weights_dtype)
+            stored, _ = checkpoint.load(tmp)
         _, source, batches = _log_probs(stored, valid_spec, stored.n_masks, SCORE_BATCH_ROWS)
         scores = -np.concatenate([log_p for _, log_p in batches])
         sha = data.sha256_of(data.split_spec(valid_spec)[0])
-        config.training = checkpoint.TrainingRecord(**record, valid_file=source, valid_sha256=sha,
-                                                    valid_rows=len(scores), best_valid_nll=float(scores.mean()),
-                                                    valid_masks=stored.n_masks)
-        config.calibration = calibration.calibrate(scores, masks=stored.n_masks, data_file=source, data_sha256=sha)
-        checkpoint.write_config(args.out, config)
+        record.update(valid_file=source, valid_sha256=sha, valid_rows=len(scores),
+                      best_valid_nll=float(scores.mean()), valid_masks=stored.n_masks)
+        calibrated = calibration.calibrate(scores, masks=stored.n_masks, data_file=source, data_sha256=sha)
         summary["valid_nll"] = round(float(scores.mean()), 4)
+    # Written once, complete: a server watching the repository never sees an uncalibrated version.
+    checkpoint.save(mixture, args.out, input_shape=loaded[0][1].input_shape, training=record,
+                    calibration=calibrated, weights_dtype=args.weights_dtype)
     print(json.dumps(summary))
     return 0
 
