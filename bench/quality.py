@@ -82,16 +82,14 @@ def train(name: str, out: Path, quick: bool, device: str) -> float:
     data_file, flags = RECIPES[name]
     flags = QUICK[name] if quick else flags
     started = time.monotonic()
-    members = MEMBERS.get(name)
-    for i, extra in enumerate(members or [[]]):
-        model_out = out.with_name(f"{out.name}-member{i}") if members else out
-        command = [made(), "train", "--data", str(DATA / data_file), "--out", str(model_out), *COMMON, *flags,
-                   "--device", device, "--seed", "0", *extra]
-        log(f"{name}: {shlex.join(command)}")
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    if members:
-        command = [made(), "merge", *(str(out.with_name(f"{out.name}-member{i}")) for i in range(len(members))),
-                   "--out", str(out), "--data", f"{DATA / data_file}:valid_x", *MERGE_FLAGS]
+    members = MEMBERS.get(name, [[]])  # one model unless the recipe is a mixture
+    outs = [out.with_name(f"{out.name}-member{i}") for i in range(len(members))] if name in MEMBERS else [out]
+    commands = [[made(), "train", "--data", str(DATA / data_file), "--out", str(model_out), *COMMON, *flags,
+                 "--device", device, "--seed", "0", *extra] for model_out, extra in zip(outs, members, strict=True)]
+    if name in MEMBERS:
+        commands.append([made(), "merge", *map(str, outs), "--out", str(out),
+                         "--data", f"{DATA / data_file}:valid_x", *MERGE_FLAGS])
+    for command in commands:
         log(f"{name}: {shlex.join(command)}")
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return time.monotonic() - started
@@ -111,7 +109,12 @@ def evaluate(name: str, model_dir: Path, device: str) -> dict:
             nll[K] = -(torch.logsumexp(per_mask[:K], 0) - math.log(K)).mean().item()
     record = config.training
     # A mixture's training is its members' (its own record is the merge).
-    trained = [argparse.Namespace(**m) for m in getattr(record, "members", None) or []] or [record] if record else []
+    if record is None:
+        trained = []
+    elif getattr(record, "members", None):
+        trained = [argparse.Namespace(**member) for member in record.members]
+    else:
+        trained = [record]
     seconds = [getattr(r, "train_seconds", None) for r in trained]
     return {"dataset": name, "nll": nll, "masks_default": config.eval_masks, "hidden": config.hidden_sizes,
             "n_masks": config.n_masks, "mixture": config.mixture, "command": record.command if record else None,

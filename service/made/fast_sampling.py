@@ -93,7 +93,7 @@ def build_plan(
     `member`: in a mixture, the mask whose output rows to use; units the degrees leave UNUSED are dropped."""
     net = model.network
     D, P = model.n_dims, net.config.params_per_dim
-    rows = slice(member * P * D, (member + 1) * P * D) if net.config.mixture else slice(None)
+    rows = net.output_rows(member)
     input_degrees = input_degrees.to(model.device)
     ordering = torch.argsort(input_degrees)  # position -> dimension
     previous_degrees, previous_order = input_degrees, ordering

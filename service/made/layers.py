@@ -22,9 +22,8 @@ class MaskedLinear(nn.Linear):
         self.register_buffer("mask", torch.ones(out_features, in_features, dtype=torch.bool), persistent=False)
         # Zero start: the term begins as a no-op and learns what each mask needs.
         self.cond_weight = nn.Parameter(torch.zeros(out_features, in_features)) if conditioning else None
-
-    def set_mask(self, mask: torch.Tensor) -> None:
-        self.mask.copy_(mask)
+        self._cache_key: tuple | None = None  # what the inference cache of W * M was made from
+        self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def forward(self, x: torch.Tensor, rows: slice | None = None, cols: slice | None = None) -> torch.Tensor:
         """(B, in) -> (B, out); with `rows` / `cols`, only that block of the layer: (B, in[cols]) -> (B, out[rows])
@@ -49,7 +48,7 @@ class MaskedLinear(nn.Linear):
         same masks over and over: this saves a full pass over the weights per call, for a copy's memory."""
         tensors = (self.weight, self.mask, self.cond_weight)
         key = tuple((t._version, t.data_ptr(), t.dtype) for t in tensors if t is not None)
-        if getattr(self, "_cache_key", None) != key:
+        if self._cache_key != key:
             weight = self.weight * self.mask
             cond_bias = (self.cond_weight * self.mask).sum(dim=1) if self.cond_weight is not None else None
             self._cache, self._cache_key = (weight, cond_bias), key

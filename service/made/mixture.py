@@ -85,7 +85,7 @@ def merge(members: list[MADEDensity]) -> MADEDensity:
             layer.weight[block, previous] = source[f"hidden.{l}.weight"]
             layer.bias[block] = source[f"hidden.{l}.bias"]
             starts[l], previous = block.stop, block
-        rows = slice(k * P * D, (k + 1) * P * D)
+        rows = network.output_rows(k)
         network.output.weight[rows, previous] = source["output.weight"]
         network.output.bias[rows] = source["output.bias"]
         if network.direct is not None:

@@ -99,9 +99,9 @@ class MADE(nn.Module):
         self.activation = ACTIVATIONS[config.activation]()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         # A mixture keeps one block of P*D output (and direct) rows per mask; otherwise the masks share one.
-        self.n_row_blocks = config.n_masks if config.mixture else 1
-        self.output = MaskedLinear(sizes[-1], self.n_row_blocks * P * D)
-        self.direct = MaskedLinear(D, self.n_row_blocks * P * D, bias=False) if config.direct_connections else None
+        row_blocks = config.n_masks if config.mixture else 1
+        self.output = MaskedLinear(sizes[-1], row_blocks * P * D)
+        self.direct = MaskedLinear(D, row_blocks * P * D, bias=False) if config.direct_connections else None
         self.rows: slice | None = None  # the active mask's output rows (mixture)
         self.units: list[slice] | None = None  # the active mask's hidden units per layer (mixture)
 
@@ -214,35 +214,23 @@ class MADE(nn.Module):
                 if layer is not None:
                     layer.mask.zero_()
 
+    def output_rows(self, member: int) -> slice:
+        """The rows of the output and direct layers that mask `member` drives: in a mixture its own block of
+        P*D, otherwise all of them (the masks share one block)."""
+        block = member if self.config.mixture else 0
+        PD = self.config.params_per_dim * self.config.n_dims
+        return slice(block * PD, (block + 1) * PD)
+
     def use_degrees(
         self, input_degrees: torch.Tensor, hidden_degrees: Sequence[torch.Tensor], member: int = 0
     ) -> None:
         """Install masks built from explicit degrees (fresh masks during training use this).
-        `member`: in a mixture, the mask whose output rows these degrees drive."""
-        if self.config.mixture:
-            self._install_member(input_degrees, hidden_degrees, member)
-            return
+        Only the block of each mask that these degrees use is written: every unit and row for a plain MADE;
+        in a mixture, `member`'s own units and output rows. Members share neither, so all members' masks stay
+        in place side by side and switching between them costs nothing."""
         device = self.input_degrees.device
         input_degrees = input_degrees.to(device)
-        previous = input_degrees
-        for layer, degrees in zip(self.hidden, hidden_degrees, strict=True):
-            degrees = degrees.to(device)
-            layer.set_mask(hidden_mask(previous, degrees))
-            previous = degrees
-        P = self.config.params_per_dim
-        output_degrees = input_degrees.repeat(P)  # output unit p*D + d carries parameter p of dim d
-        self.output.set_mask(output_mask(previous, output_degrees))
-        if self.direct is not None:
-            self.direct.set_mask(output_mask(input_degrees, output_degrees))
-        self.active_mask = None
-
-    def _install_member(
-        self, input_degrees: torch.Tensor, hidden_degrees: Sequence[torch.Tensor], member: int
-    ) -> None:
-        """A mixture writes only this member's blocks of the masks: members share no units and no output
-        rows, so all members' masks stay in place side by side and switching masks costs nothing."""
-        device = self.input_degrees.device
-        previous, previous_units = input_degrees.to(device), slice(None)  # layer 0 reads every input
+        previous, previous_units = input_degrees, slice(None)  # layer 0 reads every input
         units = []
         for layer, degrees in zip(self.hidden, hidden_degrees, strict=True):
             degrees = degrees.to(device)
@@ -251,14 +239,14 @@ class MADE(nn.Module):
             layer.mask[block, previous_units] = hidden_mask(previous[previous_units], degrees[block])
             units.append(block)
             previous, previous_units = degrees, block
-        P, D = self.config.params_per_dim, self.config.n_dims
-        output_degrees = input_degrees.to(device).repeat(P)
-        rows = slice(member * P * D, (member + 1) * P * D)
+        output_degrees = input_degrees.repeat(self.config.params_per_dim)  # unit p*D + d: parameter p of dim d
+        rows = self.output_rows(member)
         self.output.mask[rows, previous_units] = output_mask(previous[previous_units], output_degrees)
         if self.direct is not None:
-            self.direct.mask[rows] = output_mask(input_degrees.to(device), output_degrees)
-        self._member_blocks.pop(member, None)  # until use_mask installs the stored degrees again
-        self.rows, self.units = rows, units
+            self.direct.mask[rows] = output_mask(input_degrees, output_degrees)
+        if self.config.mixture:
+            self._member_blocks.pop(member, None)  # until use_mask installs the stored degrees again
+            self.rows, self.units = rows, units
         self.active_mask = None
 
     # ---- forward ---------------------------------------------------------------------------------

@@ -24,12 +24,12 @@ def test_the_cached_product_follows_weight_and_mask_changes():
         assert torch.allclose(layer(x), direct(layer, x))
         layer.weight.add_(1.0)  # an in-place update, as an optimizer step makes
         assert torch.allclose(layer(x), direct(layer, x))
-        layer.set_mask(torch.tril(torch.ones(4, 5)))
+        layer.mask.copy_(torch.tril(torch.ones(4, 5)))
         assert torch.allclose(layer(x), direct(layer, x))
         layer.cond_weight.mul_(3.0)
         assert torch.allclose(layer(x), direct(layer, x))
     with torch.inference_mode():  # a mask installed in inference mode (the server's warm-up) counts too
-        layer.set_mask(torch.triu(torch.ones(4, 5)))
+        layer.mask.copy_(torch.triu(torch.ones(4, 5)))
         assert torch.allclose(layer(x), direct(layer, x))
     layer.double()
     with torch.no_grad():
