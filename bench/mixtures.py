@@ -65,7 +65,7 @@ def main() -> int:
             stored_nll = mixture_nll(log_probs(stored, x))
         alone = ", ".join(f"{-row.mean().item():.2f}" for row in each)
         spread = (each[0] - each[1]).std().item()
-        names = " + ".join(f"{p} ({'x'.join(map(str, m.network.config.hidden_sizes))})" for p, m in zip(paths, models))
+        names = " + ".join(f"{p} ({'x'.join(map(str, m.config.hidden_sizes))})" for p, m in zip(paths, models))
         print(f"| {names} | {alone} | {mixture_nll(each):.4f} | {stored_nll:.4f} | {size:.1f} | {spread:.2f} |")
     print(f"\n{datetime.now(UTC).isoformat(timespec='seconds')}; `{shlex.join(['bench/mixtures.py', *sys.argv[1:]])}`; "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; torch {torch.__version__}")

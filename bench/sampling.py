@@ -76,7 +76,7 @@ def main() -> int:
     device = resolve_device(args.device)
     rows = []
     for name, model in models(args.quick, device):
-        config = model.network.config
+        config = model.config
         K = config.eval_masks
         for batch in args.batch:
             log(f"{name}: batch {batch}")

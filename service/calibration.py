@@ -86,11 +86,6 @@ def calibrate(
     )
 
 
-@torch.no_grad()
 def scores_of(model, x: torch.Tensor, masks: int, batch_rows: int = 4096) -> np.ndarray:
     """Negative log-likelihoods (nats) of the rows of x, a batch at a time."""
-    parts = [
-        -model.log_prob(x[i : i + batch_rows].to(model.device), masks=masks).double().cpu().numpy()
-        for i in range(0, len(x), batch_rows)
-    ]
-    return np.concatenate(parts)
+    return -torch.cat(list(model.log_prob_batches(x.split(batch_rows), masks))).numpy()

@@ -22,23 +22,72 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pydantic import ValidationError
+
 from . import __version__, calibration, checkpoint, data, logs
 from .checkpoint import CheckpointError
 from .data import DataError
 from .devices import resolve_device
-from .made import ACTIVATIONS, LIKELIHOODS, MASK_RESAMPLING, build, make_generator, make_likelihood, sample
+from .made import (
+    ACTIVATIONS,
+    LIKELIHOODS,
+    MASK_RESAMPLING,
+    MADEConfig,
+    MADEDensity,
+    make_generator,
+    make_likelihood,
+    merge,
+    sample,
+)
 from .made.fast_sampling import sample_fast
-from .made.mixture import merge
 from .made.masks import ORDERINGS
+from .settings import Settings
 from .training import LR_SCHEDULES, TrainConfig, standardisation, train
 
 log = logging.getLogger("made.cli")
 SCORE_BATCH_ROWS = 4096
-DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
+# `made train` flag -> the MADEConfig field it sets (n_dims and the likelihood come from the data and the
+# head options): the architecture is built whole from these, and validated once, by MADEConfig.
+ARCHITECTURE_FLAGS = {
+    "hidden": "hidden_sizes",
+    "masks": "n_masks",
+    "eval_masks": "eval_masks",
+    "fresh_masks": "fresh_masks",
+    "resample": "mask_resampling",
+    "order": "order",
+    "direct": "direct_connections",
+    "mask_conditioning": "mask_conditioning",
+    "activation": "activation",
+    "dropout": "dropout",
+    "seed": "seed",
+}
+# `made serve` flags: each a Settings field, with its description and default from there
+SERVE_FLAGS = ("model_repository", "host", "port", "device", "workers", "max_batch_rows", "max_batch_delay_ms",
+               "max_queue_requests", "request_timeout_s")
+
+
+class DEFAULTS(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class UsageError(Exception):
     """Options that cannot work together; reported like argparse's own errors."""
+
+
+def _problems(exc: ValidationError, flags: dict[str, str] | None = None) -> str:
+    """One line naming each invalid option (as the flag that sets it, where there is one)."""
+    names = {field: flag for flag, field in (flags or {}).items()}
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        where = f"--{names[where].replace('_', '-')}" if where in names else where
+        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+    return "; ".join(parts)
 
 
 def _order(text: str):
@@ -65,13 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint directory to write (e.g. models/mine/1)")
     valid = p.add_mutually_exclusive_group()
     valid.add_argument("--valid", help="validation data (default: the .npz's valid_x, else --valid-fraction)")
-    valid.add_argument("--valid-fraction", type=float, default=None, help="hold out this fraction (default 0.1)")
+    valid.add_argument("--valid-fraction", type=float, default=None,
+                       help="hold out this fraction of --data (default: 0.1 when there is no --valid)")
     p.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS, help="distribution of each x_d given x_<d")
     p.add_argument("--categories", type=int, help="values per dimension for --likelihood categorical")
     p.add_argument("--components", type=int, default=10, help="mixture components for --likelihood mog")
     p.add_argument("--hidden", type=int, nargs="+", default=[500], metavar="H", help="hidden layer sizes")
     p.add_argument("--masks", type=int, default=1, help="size of the stored mask set (1: a plain MADE)")
-    p.add_argument("--eval-masks", type=int, help="default ensemble size at evaluation (default: all masks)")
+    p.add_argument("--eval-masks", type=int, help="default ensemble size at evaluation (default: every mask)")
     p.add_argument("--fresh-masks", action="store_true", help="train with a new mask every minibatch")
     p.add_argument("--resample", default="both", choices=MASK_RESAMPLING, help="what differs between masks")
     p.add_argument("--order", type=_order, default="natural", help="ordering of the first mask")
@@ -126,15 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("serve", help="run the REST service on a model repository",
                             description="Every option also reads MADE_<NAME> from the environment "
                                         "(e.g. MADE_MAX_BATCH_ROWS); flags win. See docs/api.md.")
-    p.add_argument("--model-repository", help="directory of <name>/<version>/ checkpoints (default: models)")
-    p.add_argument("--host", help="interface to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default: 8000)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--workers", type=int, help="server processes (default: 1; one per device is the unit)")
-    p.add_argument("--max-batch-rows", type=int, help="rows merged into one model call (default: 4096)")
-    p.add_argument("--max-batch-delay-ms", type=float, help="wait for a batch to fill (default: 2)")
-    p.add_argument("--max-queue-requests", type=int, help="queued requests per model and operation (default: 256)")
-    p.add_argument("--request-timeout-s", type=float, help="default request deadline (default: 30)")
+    for name in SERVE_FLAGS:
+        field = Settings.model_fields[name]
+        p.add_argument(f"--{name.replace('_', '-')}", metavar=name.upper(),
+                       help=f"{field.description or name.replace('_', ' ')} (default: {field.default})")
 
     p = commands.add_parser("sample", help="draw samples into an .npy file", formatter_class=DEFAULTS)
     _model_args(p)
@@ -172,85 +217,84 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_train(args) -> int:
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
-    probe = make_likelihood(args.likelihood, categories=args.categories, components=args.components)
-    train_x = data.load(args.data, probe, role="train")
+    head = make_likelihood(args.likelihood, categories=args.categories, components=args.components)
+    train_x, valid_x, valid_spec = _training_data(args, head)
+    architecture = _architecture(args, train_x.shape[1], head.spec())
+    if args.input_shape and math.prod(args.input_shape) != architecture.n_dims:
+        raise UsageError(f"--input-shape {args.input_shape} does not hold {architecture.n_dims} values")
+    if not 1 <= args.valid_masks <= architecture.n_masks:
+        raise UsageError(f"--valid-masks must be between 1 and --masks ({architecture.n_masks})")
+    shift, scale = standardisation(train_x) if head.real_valued else (None, None)
+    model = MADEDensity.from_config(architecture, shift=shift, scale=scale).to(device)
+    log.info("training", extra={"rows": len(train_x), "dims": architecture.n_dims, "device": str(device),
+                                "parameters": sum(p.numel() for p in model.parameters())})
+    result = train(model, train_x, valid_x, _train_config(args))
+    masks = architecture.eval_masks
+    valid_scores = calibration.scores_of(model, valid_x, masks=masks)
+    record = _training_record(args, model, result, valid_spec, len(train_x), valid_scores)
+    calibrated = calibration.calibrate(
+        valid_scores, masks=masks,
+        data_file=valid_spec or f"{args.data} (held-out {args.valid_fraction or 0.1:g})",
+        data_sha256=record["valid_sha256"] or record["data_sha256"],
+    )
+    checkpoint.save(model, args.out, input_shape=args.input_shape, training=record, calibration=calibrated,
+                    weights_dtype=args.weights_dtype)
+    print(json.dumps({"out": args.out, "best_valid_nll": round(record["best_valid_nll"], 4), "masks": masks,
+                      "epochs": result.epochs_run, "best_epoch": result.best_epoch,
+                      "seconds": round(result.seconds, 1)}))
+    return 0
+
+
+def _training_data(args, head) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+    """(training rows, validation rows, the validation file or None when held out of the training data)."""
+    train_x = data.load(args.data, head, role="train")
     valid_spec = args.valid
     if valid_spec is None and args.valid_fraction is None:
         valid_spec = _companion_valid(args.data)
-    if valid_spec is not None:
-        valid_x = data.load(valid_spec, probe, n_dims=train_x.shape[1], role="valid")
-        log.info("validation data", extra={"source": valid_spec, "rows": len(valid_x)})
-    else:
+    if valid_spec is None:
         train_x, valid_x = _hold_out(train_x, args.valid_fraction or 0.1, args.seed)
         log.info("validation held out of the training data", extra={"rows": len(valid_x)})
-    n_dims = train_x.shape[1]
-    if args.input_shape and math.prod(args.input_shape) != n_dims:
-        raise UsageError(f"--input-shape {args.input_shape} does not hold {n_dims} values")
-    if args.eval_masks is not None and not 1 <= args.eval_masks <= args.masks:
-        raise UsageError(f"--eval-masks must be between 1 and --masks ({args.masks})")
-    if not 1 <= args.valid_masks <= args.masks:
-        raise UsageError(f"--valid-masks must be between 1 and --masks ({args.masks})")
-    shift, scale = standardisation(train_x) if probe.real_valued else (None, None)
-    model = build(
-        n_dims,
-        args.likelihood,
-        categories=args.categories,
-        components=args.components,
-        shift=shift,
-        scale=scale,
-        hidden_sizes=args.hidden,
-        n_masks=args.masks,
-        eval_masks=args.eval_masks,
-        fresh_masks=args.fresh_masks,
-        mask_resampling=args.resample,
-        order=args.order,
-        direct_connections=args.direct,
-        mask_conditioning=args.mask_conditioning,
-        activation=args.activation,
-        dropout=args.dropout,
-        seed=args.seed,
-    ).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info(
-        "training",
-        extra={"rows": len(train_x), "dims": n_dims, "parameters": n_params, "device": str(device)},
-    )
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        lr_schedule=args.lr_schedule,
-        patience=args.patience,
-        valid_masks=args.valid_masks,
-        grad_clip=args.grad_clip,
-        ema_decay=args.ema_decay,
-        seed=args.seed,
-        progress=args.progress,
-    )
-    result = train(model, train_x, valid_x, config)
-    eval_masks = model.network.config.eval_masks
-    valid_scores = calibration.scores_of(model, valid_x, masks=eval_masks)
-    valid_nll = float(valid_scores.mean())
-    record = {
+        return train_x, valid_x, None
+    valid_x = data.load(valid_spec, head, n_dims=train_x.shape[1], role="valid")
+    log.info("validation data", extra={"source": valid_spec, "rows": len(valid_x)})
+    return train_x, valid_x, valid_spec
+
+
+def _architecture(args, n_dims: int, likelihood: dict) -> MADEConfig:
+    options = {field: getattr(args, flag) for flag, field in ARCHITECTURE_FLAGS.items()}
+    try:
+        return MADEConfig(n_dims=n_dims, likelihood=likelihood, **options)
+    except ValidationError as exc:
+        raise UsageError(_problems(exc, ARCHITECTURE_FLAGS)) from None
+
+
+def _train_config(args) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       lr_schedule=args.lr_schedule, patience=args.patience, valid_masks=args.valid_masks,
+                       grad_clip=args.grad_clip, ema_decay=args.ema_decay, seed=args.seed, progress=args.progress)
+
+
+def _training_record(args, model, result, valid_spec: str | None, train_rows: int, valid_scores) -> dict:
+    """How the weights were made, for the checkpoint: enough to make them again and to trust them."""
+    return {
         "command": args.command_line,
         "data_file": args.data,
         "data_sha256": data.sha256_of(data.split_spec(args.data)[0]),
         "valid_file": valid_spec,
         "valid_sha256": data.sha256_of(data.split_spec(valid_spec)[0]) if valid_spec else None,
-        "train_rows": len(train_x),
-        "valid_rows": len(valid_x),
+        "train_rows": train_rows,
+        "valid_rows": len(valid_scores),
         "epochs": result.epochs_run,
         "best_epoch": result.best_epoch,
-        "best_valid_nll": valid_nll,
+        "best_valid_nll": float(valid_scores.mean()),
         "best_valid_nll_per_epoch_masks": result.best_valid_nll,
-        "valid_masks": eval_masks,
+        "valid_masks": model.config.eval_masks,
         "seed": args.seed,
         "optimizer": {"name": "adam", "lr": args.lr, "weight_decay": args.weight_decay,
                       "lr_schedule": args.lr_schedule, "batch_size": args.batch_size,
                       "ema_decay": args.ema_decay},
-        "parameters": n_params,
-        "device": str(device),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(model.device),
         "train_seconds": round(result.seconds, 1),
         "package_version": __version__,
         "torch_version": torch.__version__,
@@ -260,24 +304,6 @@ def cmd_train(args) -> int:
             for h in result.history
         ],
     }
-    calibrated = calibration.calibrate(
-        valid_scores,
-        masks=eval_masks,
-        data_file=valid_spec or f"{args.data} (held-out {args.valid_fraction or 0.1:g})",
-        data_sha256=record["valid_sha256"] or record["data_sha256"],
-    )
-    checkpoint.save(
-        model,
-        args.out,
-        input_shape=args.input_shape,
-        training=record,
-        calibration=calibrated,
-        weights_dtype=args.weights_dtype,
-    )
-    summary = {"out": args.out, "best_valid_nll": round(valid_nll, 4), "masks": eval_masks,
-               "epochs": result.epochs_run, "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1)}
-    print(json.dumps(summary))
-    return 0
 
 
 def _companion_valid(spec: str) -> str | None:
@@ -315,13 +341,12 @@ def _log_probs(model, spec: str, masks: int, batch_rows: int):
 
     def batches():
         start = 0
+        rows = data.iter_batches(array, source, model.likelihood, model.n_dims, batch_rows)
         with tqdm(total=len(array), unit="row", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
-            for batch in data.iter_batches(array, source, model.likelihood, model.n_dims, batch_rows):
-                with torch.no_grad():
-                    log_p = model.log_prob(batch.to(model.device), masks=masks).double().cpu().numpy()
-                yield start, log_p
-                start += len(batch)
-                bar.update(len(batch))
+            for log_p in model.log_prob_batches(rows, masks):
+                yield start, log_p.numpy()
+                start += len(log_p)
+                bar.update(len(log_p))
 
     return len(array), source, batches()
 
@@ -415,21 +440,15 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
-SERVE_FLAGS = ("model_repository", "host", "port", "device", "workers", "max_batch_rows", "max_batch_delay_ms",
-               "max_queue_requests", "request_timeout_s", "log_level", "log_format")
-
-
 def cmd_serve(args) -> int:
-    from pydantic import ValidationError
-
     from .api.server import serve
-    from .settings import Settings
 
-    overrides = {name: getattr(args, name) for name in SERVE_FLAGS if getattr(args, name) is not None}
+    flags = (*SERVE_FLAGS, "log_level", "log_format")
+    overrides = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        raise UsageError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        raise UsageError(_problems(exc)) from None
     # Worker processes build their settings from the environment: hand the flags on through it.
     for name, value in overrides.items():
         os.environ[f"MADE_{name.upper()}"] = str(value)

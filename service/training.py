@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from .made import MADEDensity
+from .made import Density, MADEDensity
 
 log = logging.getLogger("made.train")
 LR_SCHEDULES = ("cosine", "plateau", "constant")
@@ -72,24 +72,16 @@ def standardisation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return shift, torch.where(scale > 1e-8, scale, torch.ones_like(scale))
 
 
-@torch.no_grad()
-def mean_nll(model: MADEDensity, x: torch.Tensor, masks: int | None = None, batch_rows: int = 2000) -> float:
+def mean_nll(model: Density, x: torch.Tensor, masks: int | None = None, batch_rows: int = 2000) -> float:
     """Mean negative log-likelihood (nats) of the rows of x under the K-mask ensemble."""
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    for start in range(0, len(x), batch_rows):
-        batch = x[start : start + batch_rows].to(model.device)
-        total += -model.log_prob(batch, masks=masks).double().sum().item()
-    model.train(was_training)
-    return total / len(x)
+    return -sum(float(log_p.sum()) for log_p in model.log_prob_batches(x.split(batch_rows), masks)) / len(x)
 
 
 def train(model: MADEDensity, train_x: torch.Tensor, valid_x: torch.Tensor, config: TrainConfig) -> TrainResult:
+    if not isinstance(model, MADEDensity):
+        raise ValueError("a mixture is not trained as one network: train one-mask models, then `made merge` them")
     device = model.device
     network = model.network
-    if network.config.mixture:
-        raise ValueError("a mixture is not trained as one network: train one-mask models, then `made merge` them")
     train_x = train_x.to(device)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from service import checkpoint
-from tests.conftest import markov_chain
+from tests.helpers import markov_chain
 
 
 def made(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import torch
 
 from service.made import build
 from service.training import TrainConfig, mean_nll, standardisation, train
-from tests.conftest import markov_chain
+from tests.helpers import markov_chain
 
 D, STAY = 12, 0.9
 # Entropy of the Markov chain: log 2 for the first bit, then H(0.9) per copied bit.

@@ -22,7 +22,7 @@ import torch
 from .. import checkpoint
 from ..calibration import Calibration
 from ..checkpoint import CheckpointConfig, CheckpointError
-from ..made import MADEDensity, make_generator
+from ..made import Density, make_generator
 from ..made.fast_sampling import sample_fast
 from ..settings import Settings
 from . import metrics
@@ -36,7 +36,7 @@ class ServedModel:
     name: str
     version: int
     path: Path
-    model: MADEDensity
+    model: Density
     config: CheckpointConfig
     device: torch.device
     loaded_at: float
@@ -47,8 +47,7 @@ class ServedModel:
         return self.config.calibration
 
     def shares_ordering(self, masks: int) -> bool:
-        orderings = [self.model.network.ordering(k) for k in range(masks)]
-        return all(torch.equal(o, orderings[0]) for o in orderings)
+        return self.model.shares_ordering(masks)
 
 
 @dataclass
@@ -204,7 +203,7 @@ class ModelRegistry:
         self.reloads += 1
         return True
 
-    def _load(self, path: Path) -> tuple[MADEDensity, CheckpointConfig]:
+    def _load(self, path: Path) -> tuple[Density, CheckpointConfig]:
         """Load and warm one version (runs in the loader thread; the model is not shared yet)."""
         model, config = checkpoint.load(path, device=self.device)
         with torch.inference_mode():
@@ -212,7 +211,6 @@ class ModelRegistry:
                 2, model.n_dims, device=self.device)
             model.log_prob(warm, masks=config.eval_masks)
             sample_fast(model, 1, masks=1, generator=make_generator(0, self.device))  # also builds its plan
-        model.network.use_mask(0)
         return model, config
 
     # ---- watching the repository ------------------------------------------------------------------------

@@ -1,11 +1,13 @@
-"""MADE, the maths: masks, the network, likelihood heads, ensembles and the reference sampler.
+"""MADE, the maths: masks, the network, likelihood heads, ensembles, mixtures and the samplers.
 
 Pure PyTorch; no I/O and no web code. See Germain, Gregor, Murray & Larochelle (ICML 2015).
 """
 
-from .density import MADEDensity
+from .config import ACTIVATIONS, MASK_RESAMPLING, LikelihoodSpec, MADEConfig
+from .density import Density, MADEDensity, evaluating
 from .likelihoods import LIKELIHOODS, Likelihood, make_likelihood
-from .network import ACTIVATIONS, MADE, MASK_RESAMPLING, MADEConfig
+from .mixture import MADEMixture, merge
+from .network import MADE
 from .sampling import Randomness, draw_randomness, make_generator, sample, sample_from_randomness
 
 __all__ = [
@@ -13,13 +15,19 @@ __all__ = [
     "LIKELIHOODS",
     "MADE",
     "MASK_RESAMPLING",
+    "Density",
+    "LikelihoodSpec",
     "Likelihood",
     "MADEConfig",
     "MADEDensity",
+    "MADEMixture",
     "Randomness",
+    "build",
     "draw_randomness",
+    "evaluating",
     "make_generator",
     "make_likelihood",
+    "merge",
     "sample",
     "sample_from_randomness",
 ]
@@ -34,10 +42,7 @@ def build(
     scale=None,
     **network_options,
 ) -> MADEDensity:
-    """A MADEDensity from plain options: the likelihood head sets the network's params_per_dim."""
+    """A MADEDensity from plain options (`network_options` are MADEConfig fields)."""
     head = make_likelihood(likelihood, categories=categories, components=components)
-    config = MADEConfig(n_dims=n_dims, params_per_dim=head.params_per_dim, **network_options)
-    return MADEDensity(MADE(config), head, shift=shift, scale=scale)
-
-
-__all__.append("build")
+    config = MADEConfig(n_dims=n_dims, likelihood=head.spec(), **network_options)
+    return MADEDensity.from_config(config, shift=shift, scale=scale)

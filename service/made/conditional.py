@@ -15,8 +15,8 @@ fresh mask every step under any, but a model trained on a finite set of ordering
 its marginals can disagree with its full-row scores (measured on the bundled MNIST model: the top half of a
 blank image scores -35.6 nats alone against -16.7 for the whole image). A model trained with one fixed
 ordering only answers when O is a prefix of that ordering: then nothing is re-ordered and the answer is
-exact for the model as trained; any other O is refused with ConditioningError. So does a mixture of such
-models (`made merge`), for a prefix of every member's ordering.
+exact for the model as trained; any other O is refused with ConditioningError. So does a mixture of MADEs
+(`made merge`), for a prefix of every member's ordering.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from .density import MADEDensity
+from .density import Density, evaluating
 from .fast_sampling import build_plan, sample_with_plan
 from .masks import degrees_from_ordering
 
@@ -40,37 +40,31 @@ class ConditionalRandomness(NamedTuple):
     noise: torch.Tensor  # (n, D, R) as in the unconditional sampler
 
 
-def is_order_agnostic(model: MADEDensity) -> bool:
-    config = model.network.config
-    if config.mixture:  # each member was trained on its own fixed ordering
-        return False
-    return config.mask_resampling in ("order", "both") and (config.n_masks > 1 or config.fresh_masks)
-
-
-def observed_first(model: MADEDensity, k: int, observed: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Degrees of mask k re-ordered so the observed dimensions (bool (D,)) come first."""
-    ordering = model.network.ordering(k)
+def observed_first(model: Density, k: int, observed: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Degrees of component k re-ordered so the observed dimensions (bool (D,)) come first."""
+    ordering = model.ordering(k)
     observed = observed.to(ordering.device)
     first = ordering[observed[ordering]]
     reordered = torch.cat([first, ordering[~observed[ordering]]])
-    if not is_order_agnostic(model) and not torch.equal(reordered, ordering):
+    if not model.order_agnostic and not torch.equal(reordered, ordering):
         raise ConditioningError(
             "this model was trained with one fixed ordering, so it can only condition on a prefix of that "
             f"ordering (the first {len(first)} dimensions of {ordering[: min(len(first), 8)].tolist()}"
             f"{'...' if len(first) > 8 else ''}); these observed dimensions are not a prefix"
         )
-    return degrees_from_ordering(reordered), model.network.hidden_degrees(k)
+    density, mask = model.component(k)
+    return degrees_from_ordering(reordered), density.network.hidden_degrees(mask)
 
 
-def check_observed(model: MADEDensity, observed: torch.Tensor, masks: int) -> None:
+def check_observed(model: Density, observed: torch.Tensor, masks: int) -> None:
     """Raise ConditioningError unless the model can condition on every row's observed set ((B, D) bool),
     for the first `masks` masks: always for an order-agnostic model; for a fixed-order one only when each
     set is a prefix of the ordering. Checked for all rows at once, before any network pass."""
-    if is_order_agnostic(model):
+    if model.order_agnostic:
         return
     patterns = torch.unique(observed, dim=0)
     for k in range(masks):  # a prefix: along the ordering, an observed value never follows a missing one
-        along = patterns[:, model.network.ordering(k).to(patterns.device)]
+        along = patterns[:, model.ordering(k).to(patterns.device)]
         bad = (along[:, 1:] & ~along[:, :-1]).any(dim=1)
         if bool(bad.any()):
             observed_first(model, k, patterns[int(bad.nonzero()[0])])  # raises, naming the prefix
@@ -84,40 +78,36 @@ def _patterns(observed: torch.Tensor):
 
 
 @torch.no_grad()
-def _observed_log_probs(model: MADEDensity, x: torch.Tensor, pattern: torch.Tensor, K: int) -> torch.Tensor:
+def _observed_log_probs(model: Density, x: torch.Tensor, pattern: torch.Tensor, K: int) -> torch.Tensor:
     """(K, B) log p_k(x_O) for rows sharing one observed pattern (D,); missing entries of x may hold
     anything (they come after the observed ones, so no observed conditional sees them)."""
     placeholder = model.shift if model.likelihood.real_valued else torch.zeros_like(model.shift)
     filled = torch.where(pattern, x, placeholder)
     out = []
     for k in range(K):
-        model.network.use_degrees(*observed_first(model, k, pattern), member=k)
-        conditionals = model.conditionals_for_active_mask(filled)  # (B, D)
+        density, _ = model.component(k)
+        density.network.use_degrees(*observed_first(model, k, pattern))  # until use_mask installs a stored one
+        conditionals = density.conditionals_for_active_mask(filled)  # (B, D)
         out.append(conditionals[:, pattern].sum(dim=1))
-    model.network.refresh_masks()
     return torch.stack(out)
 
 
 @torch.no_grad()
-def marginal_log_prob(model: MADEDensity, x: torch.Tensor, masks: int | None = None) -> torch.Tensor:
+def marginal_log_prob(model: Density, x: torch.Tensor, masks: int | None = None) -> torch.Tensor:
     """(B,) log p(x_observed) in nats; NaN entries of x are missing and are marginalised, not imputed.
     A row with nothing missing gets exactly its log_prob; a row with nothing observed gets 0."""
     K = model.resolve_masks(masks)
     observed = ~torch.isnan(x)
     result = torch.empty(x.shape[0], device=x.device, dtype=model.dtype)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for pattern, rows in _patterns(observed):
             per_mask = _observed_log_probs(model, x[rows], pattern, K)
             result[rows] = torch.logsumexp(per_mask, dim=0) - math.log(K)
-    finally:
-        model.train(was_training)
     return result
 
 
 def draw_conditional_randomness(
-    model: MADEDensity, n: int, generator: torch.Generator | None = None
+    model: Density, n: int, generator: torch.Generator | None = None
 ) -> ConditionalRandomness:
     mask_u = torch.rand(n, generator=generator, device=model.device, dtype=model.dtype)
     noise = model.likelihood.draw_noise(n, model.n_dims, generator, model.device).to(model.dtype)
@@ -126,16 +116,14 @@ def draw_conditional_randomness(
 
 @torch.no_grad()
 def sample_conditional_from_randomness(
-    model: MADEDensity, x: torch.Tensor, randomness: ConditionalRandomness, masks: int | None = None
+    model: Density, x: torch.Tensor, randomness: ConditionalRandomness, masks: int | None = None
 ) -> torch.Tensor:
     """(n, D): each row of x with its NaN entries filled by a draw from p(x_missing | x_observed); the
     observed entries are returned exactly as given."""
     K = model.resolve_masks(masks)
     observed = ~torch.isnan(x)
     samples = x.clone()
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for pattern, rows in _patterns(observed):
             n_observed = int(pattern.sum())
             if n_observed == model.n_dims:
@@ -147,18 +135,16 @@ def sample_conditional_from_randomness(
             z_rows = model.standardise(torch.nan_to_num(x_rows))
             for k in chosen.unique().tolist():
                 members = (chosen == k).nonzero(as_tuple=True)[0]
-                input_degrees, hidden_degrees = observed_first(model, k, pattern)
-                plan = build_plan(model, input_degrees, hidden_degrees, member=k)
+                density, _ = model.component(k)
+                plan = build_plan(density, *observed_first(model, k, pattern))
                 given = z_rows[members][:, plan.ordering[:n_observed]]  # (m, |O|) by position
-                z = sample_with_plan(model, plan, randomness.noise[rows[members]], observed=given)
+                z = sample_with_plan(density, plan, randomness.noise[rows[members]], observed=given)
                 samples[rows[members]] = model.destandardise(z)
-        samples[observed] = x[observed]  # exactly as given (no round trip through the standardisation)
-        return samples
-    finally:
-        model.train(was_training)
+    samples[observed] = x[observed]  # exactly as given (no round trip through the standardisation)
+    return samples
 
 
 def sample_conditional(
-    model: MADEDensity, x: torch.Tensor, masks: int | None = None, generator: torch.Generator | None = None
+    model: Density, x: torch.Tensor, masks: int | None = None, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     return sample_conditional_from_randomness(model, x, draw_conditional_randomness(model, len(x), generator), masks)

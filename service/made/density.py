@@ -1,61 +1,60 @@
-"""Log-likelihoods of a MADE: one mask, a mask ensemble, and per-dimension conditionals.
+"""Log-likelihoods of MADE models: one mask, a mask ensemble, and per-dimension conditionals.
 
 For one mask, log p(x) = sum_d log p(x_d | x_<d): a single network pass gives every conditional.
 A K-mask ensemble is a uniform mixture of K autoregressive models, so it averages *probabilities*:
     log p(x) = logsumexp_k log p_k(x) - log K.
+`Density` holds these formulas for any K autoregressive components; `MADEDensity`'s components are the
+masks of one network, `mixture.MADEMixture`'s are separately trained MADEs.
 Real-valued data is modelled after standardisation z = (x - shift) / scale; the density in the original
 units includes the log-Jacobian, log p(x) = log p(z) - sum_d log scale_d.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
 
+from .config import MADEConfig
 from .likelihoods import Likelihood
 from .network import MADE
 
 
-class MADEDensity(nn.Module):
-    def __init__(
-        self,
-        network: MADE,
-        likelihood: Likelihood,
-        shift: torch.Tensor | None = None,
-        scale: torch.Tensor | None = None,
-    ):
-        super().__init__()
-        if network.config.params_per_dim != likelihood.params_per_dim:
-            raise ValueError("network.params_per_dim does not match the likelihood head")
-        D = network.config.n_dims
-        self.network = network
-        self.likelihood = likelihood
-        # Standardisation statistics live in the checkpoint's config.json, so they are not persistent here.
-        self.register_buffer("shift", torch.zeros(D) if shift is None else shift.float(), persistent=False)
-        self.register_buffer("scale", torch.ones(D) if scale is None else scale.float(), persistent=False)
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """Eval mode (no dropout) for the block, then the mode the model had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+class Density(nn.Module):
+    """A uniform mixture of K autoregressive components over the same D dimensions.
+
+    Component k is one mask of one MADE network: `component(k)` says which (a MADEDensity and the mask
+    index in it). Subclasses give `config`, `likelihood`, `shift`, `scale`, `n_masks`, `device`, `dtype`,
+    `order_agnostic` and `component`; everything below is the same maths for any of them."""
+
+    config: MADEConfig
+    likelihood: Likelihood
+
+    def component(self, k: int) -> tuple[MADEDensity, int]:
+        raise NotImplementedError
 
     @property
     def n_dims(self) -> int:
-        return self.network.config.n_dims
-
-    @property
-    def n_masks(self) -> int:
-        return self.network.config.n_masks
-
-    @property
-    def device(self) -> torch.device:
-        return self.network.input_degrees.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.network.output.weight.dtype
+        return self.config.n_dims
 
     def resolve_masks(self, masks: int | None) -> int:
         """The ensemble size to use: the model's default when None; more than are stored is refused."""
         if masks is None:
-            return self.network.config.eval_masks
+            return self.config.eval_masks
         if not 1 <= masks <= self.n_masks:
             raise ValueError(f"masks must be between 1 and {self.n_masks} (the model stores {self.n_masks})")
         return masks
@@ -66,51 +65,118 @@ class MADEDensity(nn.Module):
     def destandardise(self, z: torch.Tensor) -> torch.Tensor:
         return z * self.scale + self.shift if self.likelihood.real_valued else z
 
-    # ---- one mask --------------------------------------------------------------------------------
-    def conditionals_for_mask(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """(B, D) log p(x_d | x_<d) under stored mask k, in input order, in the data's original units."""
-        self.network.use_mask(k)
-        return self.conditionals_for_active_mask(x)
+    def ordering(self, k: int) -> torch.Tensor:
+        """(D,) the dimensions of component k in the order they are generated."""
+        density, mask = self.component(k)
+        return density.network.ordering(mask)
 
-    def conditionals_for_active_mask(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.standardise(x)
-        log_probs = self.likelihood.log_prob(self.network(z), z)  # (B, D)
-        if self.likelihood.real_valued:
-            log_probs = log_probs - torch.log(self.scale)  # log-Jacobian of the standardisation
-        return log_probs
+    def shares_ordering(self, masks: int) -> bool:
+        """Whether the first `masks` components generate the dimensions in one order."""
+        first = self.ordering(0)
+        return all(torch.equal(self.ordering(k), first) for k in range(1, masks))
+
+    # ---- one component -------------------------------------------------------------------------------
+    def conditionals_for_mask(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, D) log p(x_d | x_<d) under component k, in input order, in the data's original units."""
+        density, mask = self.component(k)
+        density.network.use_mask(mask)
+        return density.conditionals_for_active_mask(x)
 
     # ---- ensembles ---------------------------------------------------------------------------------
     def log_prob_per_mask(self, x: torch.Tensor, masks: int | None = None) -> torch.Tensor:
-        """(K, B) log p_k(x) for the first K stored masks."""
+        """(K, B) log p_k(x) for the first K components."""
         K = self.resolve_masks(masks)
         return torch.stack([self.conditionals_for_mask(x, k).sum(dim=1) for k in range(K)])
 
     def log_prob(self, x: torch.Tensor, masks: int | None = None) -> torch.Tensor:
-        """(B,) log p(x) in nats under the K-mask ensemble (mixture of the K autoregressive models)."""
+        """(B,) log p(x) in nats under the K-component ensemble."""
         per_mask = self.log_prob_per_mask(x, masks)
         return torch.logsumexp(per_mask, dim=0) - math.log(per_mask.shape[0])
+
+    def log_prob_batches(self, batches: Iterable[torch.Tensor], masks: int | None = None) -> Iterator[torch.Tensor]:
+        """float64 log p(x) on the CPU for each batch of rows, in eval mode without autograd: how scoring
+        many rows (evaluation, calibration, `made score`) goes."""
+        with evaluating(self), torch.no_grad():
+            for batch in batches:
+                yield self.log_prob(batch.to(self.device), masks=masks).double().cpu()
 
     def conditional_log_probs(self, x: torch.Tensor, masks: int | None = None) -> torch.Tensor:
         """(B, D) log p(x_d | x_<d) in input order; they sum to log_prob(x).
 
         For an ensemble the conditionals are the mixture's own: with prefix marginals
         log p(x_{<=i}) = logsumexp_k sum_{j<=i} log p_k(x_j | x_<j) - log K, the conditional at ordering
-        position i is their difference. This needs one ordering shared by the K masks (connectivity-
-        agnostic ensembles); masks with different orderings have no common "x_<d" and are refused.
+        position i is their difference. This needs one ordering shared by the K components (connectivity-
+        agnostic ensembles); components with different orderings have no common "x_<d" and are refused.
         """
         K = self.resolve_masks(masks)
         if K == 1:
             return self.conditionals_for_mask(x, 0)
-        orderings = [self.network.ordering(k) for k in range(K)]
-        if any(not torch.equal(o, orderings[0]) for o in orderings[1:]):
+        if not self.shares_ordering(K):
             raise ValueError(
                 "per-dimension conditionals of an ensemble need masks that share one ordering; "
                 "these masks use different orderings (ask for masks=1)"
             )
-        ordering = orderings[0]
+        ordering = self.ordering(0)
         per_mask = torch.stack([self.conditionals_for_mask(x, k)[:, ordering] for k in range(K)])  # (K,B,D)
         prefix = torch.logsumexp(per_mask.cumsum(dim=2), dim=0) - math.log(K)  # (B, D) by position
         by_position = torch.diff(prefix, dim=1, prepend=torch.zeros_like(prefix[:, :1]))
         conditionals = torch.empty_like(by_position)
         conditionals[:, ordering] = by_position
         return conditionals
+
+
+class MADEDensity(Density):
+    """One MADE network and its likelihood head: the components are the network's stored masks."""
+
+    def __init__(
+        self,
+        network: MADE,
+        likelihood: Likelihood,
+        shift: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        if network.params_per_dim != likelihood.params_per_dim:
+            raise ValueError("network.params_per_dim does not match the likelihood head")
+        D = network.config.n_dims
+        self.network = network
+        self.likelihood = likelihood
+        # Standardisation statistics live in the checkpoint's config.json, so they are not persistent here.
+        self.register_buffer("shift", torch.zeros(D) if shift is None else shift.float(), persistent=False)
+        self.register_buffer("scale", torch.ones(D) if scale is None else scale.float(), persistent=False)
+
+    @classmethod
+    def from_config(cls, config: MADEConfig, shift: torch.Tensor | None = None,
+                    scale: torch.Tensor | None = None) -> MADEDensity:
+        return cls(MADE(config), config.likelihood.make(), shift=shift, scale=scale)
+
+    @property
+    def config(self) -> MADEConfig:
+        return self.network.config
+
+    @property
+    def n_masks(self) -> int:
+        return self.config.n_masks
+
+    @property
+    def order_agnostic(self) -> bool:
+        return self.config.order_agnostic
+
+    @property
+    def device(self) -> torch.device:
+        return self.network.input_degrees.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.network.output.weight.dtype
+
+    def component(self, k: int) -> tuple[MADEDensity, int]:
+        return self, k
+
+    def conditionals_for_active_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) log p(x_d | x_<d) under whatever mask the network has installed (training draws its own)."""
+        z = self.standardise(x)
+        log_probs = self.likelihood.log_prob(self.network(z), z)  # (B, D)
+        if self.likelihood.real_valued:
+            log_probs = log_probs - torch.log(self.scale)  # log-Jacobian of the standardisation
+        return log_probs

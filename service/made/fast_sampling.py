@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .density import MADEDensity
-from .masks import UNUSED, hidden_mask, output_mask
+from .density import Density, MADEDensity
+from .masks import layer_masks
 from .sampling import Randomness, draw_randomness, sample_per_mask
 
 
@@ -74,53 +74,47 @@ def _weights_version(model: MADEDensity) -> tuple:
     return tuple(p._version for p in model.parameters())  # bumped by every in-place update (optimizer steps)
 
 
-def _plan(model: MADEDensity, k: int) -> _MaskPlan:
-    """The plan of stored mask k, cached until the weights change."""
-    cache = _PLANS.setdefault(model, {})
-    version = (_weights_version(model), model.device, model.dtype)
-    if k in cache and cache[k][0] == version:
-        return cache[k][1]
-    plan = build_plan(model, model.network.input_degrees[k], model.network.hidden_degrees(k), member=k)
-    cache[k] = (version, plan)
-    return plan
+def _plan(model: Density, k: int) -> tuple[MADEDensity, _MaskPlan]:
+    """The network that computes component k, and the plan of its mask, cached until the weights change."""
+    density, mask = model.component(k)
+    cache = _PLANS.setdefault(density, {})
+    version = (_weights_version(density), density.device, density.dtype)
+    if mask not in cache or cache[mask][0] != version:
+        network = density.network
+        cache[mask] = (version, build_plan(density, network.input_degrees[mask], network.hidden_degrees(mask)))
+    return density, cache[mask][1]
 
 
 @torch.no_grad()
-def build_plan(
-    model: MADEDensity, input_degrees: torch.Tensor, hidden_degrees: list[torch.Tensor], member: int = 0
-) -> _MaskPlan:
-    """The plan of any mask configuration given by its degrees (conditional sampling uses its own).
-    `member`: in a mixture, the mask whose output rows to use; units the degrees leave UNUSED are dropped."""
+def build_plan(model: MADEDensity, input_degrees: torch.Tensor, hidden_degrees: list[torch.Tensor]) -> _MaskPlan:
+    """The plan of any mask configuration of the model's network, given by its degrees (conditional
+    sampling uses its own)."""
     net = model.network
-    D, P = model.n_dims, net.config.params_per_dim
-    rows = net.output_rows(member)
+    D, P = model.n_dims, net.params_per_dim
     input_degrees = input_degrees.to(model.device)
+    hidden_degrees = [degrees.to(model.device) for degrees in hidden_degrees]
+    masks = layer_masks(input_degrees, hidden_degrees, P)
     ordering = torch.argsort(input_degrees)  # position -> dimension
-    previous_degrees, previous_order = input_degrees, ordering
+    previous_order = ordering
     weights, biases, slices = [], [], []
-    for layer, degrees in zip(net.hidden, hidden_degrees, strict=True):
-        degrees = degrees.to(model.device)
-        used = (degrees != UNUSED).nonzero().squeeze(1)
-        order = used[torch.argsort(degrees[used], stable=True)]  # the mask's units by degree
-        mask = hidden_mask(previous_degrees, degrees)  # (H_l, H_{l-1})
+    for layer, degrees, mask in zip(net.hidden, hidden_degrees, masks.hidden, strict=True):
+        order = torch.argsort(degrees, stable=True)  # the units by degree
         bias = layer.bias + ((layer.cond_weight * mask).sum(1) if layer.cond_weight is not None else 0)
         weights.append((layer.weight * mask)[order][:, previous_order].t().contiguous())
         biases.append(bias[order].contiguous())
         bounds = torch.searchsorted(degrees[order], torch.arange(D + 2, device=degrees.device)).tolist()
         slices.append([(bounds[p], bounds[p + 1]) for p in range(D + 1)])
-        previous_degrees, previous_order = degrees, order
-    output_degrees = input_degrees.repeat(P)
-    out_mask = output_mask(previous_degrees, output_degrees)
-    out = (net.output.weight[rows] * out_mask).view(P, D, -1)  # (P, D, H_L)
+        previous_order = order
+    out = (net.output.weight * masks.output).view(P, D, -1)  # (P, D, H_L)
     out_weights = out[:, ordering][:, :, previous_order].permute(1, 2, 0).contiguous()  # (D, H_L, P)
-    out_bias = net.output.bias[rows].view(P, D)[:, ordering].t().contiguous()  # (D, P)
+    out_bias = net.output.bias.view(P, D)[:, ordering].t().contiguous()  # (D, P)
     if weights:  # position q sees the last-layer units of degree <= q (degrees count from 1)
         out_prefix = [slices[-1][q][1] for q in range(D)]
     else:
         out_prefix = list(range(D))  # no hidden layer: the output layer reads the inputs before q
     direct = None
     if net.direct is not None:
-        d = (net.direct.weight[rows] * output_mask(input_degrees, output_degrees)).view(P, D, D)
+        d = (net.direct.weight * masks.direct).view(P, D, D)
         direct = d[:, ordering][:, :, ordering].permute(1, 2, 0).contiguous()  # (D, D, P)
     return _MaskPlan(ordering, weights, biases, slices, out_weights, out_bias, out_prefix, direct)
 
@@ -257,15 +251,15 @@ def walk(model: MADEDensity, plan: _MaskPlan, noise: torch.Tensor, cuda_graphs: 
     return graphed(noise)
 
 
-def sample_fast_from_randomness(model: MADEDensity, randomness: Randomness, cuda_graphs: bool = True) -> torch.Tensor:
+def sample_fast_from_randomness(model: Density, randomness: Randomness, cuda_graphs: bool = True) -> torch.Tensor:
     """(n, D) samples in original units; the same function of the randomness as the reference sampler.
     On CUDA each mask's walk runs as a CUDA graph unless `cuda_graphs` is off."""
     return sample_per_mask(model, randomness,
-                           lambda k, rows: walk(model, _plan(model, k), randomness.noise[rows], cuda_graphs))
+                           lambda k, rows: walk(*_plan(model, k), randomness.noise[rows], cuda_graphs))
 
 
 def sample_fast(
-    model: MADEDensity, n: int, masks: int | None = None, generator: torch.Generator | None = None,
+    model: Density, n: int, masks: int | None = None, generator: torch.Generator | None = None,
     cuda_graphs: bool = True,
 ) -> torch.Tensor:
     """(n, D) samples from the K-mask ensemble at about one forward pass of cost."""

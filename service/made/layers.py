@@ -25,21 +25,14 @@ class MaskedLinear(nn.Linear):
         self._cache_key: tuple | None = None  # what the inference cache of W * M was made from
         self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
-    def forward(self, x: torch.Tensor, rows: slice | None = None, cols: slice | None = None) -> torch.Tensor:
-        """(B, in) -> (B, out); with `rows` / `cols`, only that block of the layer: (B, in[cols]) -> (B, out[rows])
-        (a mixture's mask uses one block of units, and the rest would be multiplied by zeros)."""
-        rows, cols = rows or slice(None), cols or slice(None)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in) -> (B, out)
         if not torch.is_grad_enabled():  # inference: W * M (and the conditioning bias) from the cache
             weight, cond_bias = self._masked_inference_tensors()
-            y = F.linear(x, weight[rows, cols], None if self.bias is None else self.bias[rows])
-            if cond_bias is not None:
-                y = y + (cond_bias[rows] if cols == slice(None) else
-                         (self.cond_weight[rows, cols] * self.mask[rows, cols]).sum(dim=1))
-            return y
-        mask = self.mask[rows, cols]
-        y = F.linear(x, self.weight[rows, cols] * mask, None if self.bias is None else self.bias[rows])
+            y = F.linear(x, weight, self.bias)
+            return y if cond_bias is None else y + cond_bias
+        y = F.linear(x, self.weight * self.mask, self.bias)
         if self.cond_weight is not None:
-            y = y + (self.cond_weight[rows, cols] * mask).sum(dim=1)
+            y = y + (self.cond_weight * self.mask).sum(dim=1)
         return y
 
     def _masked_inference_tensors(self) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -6,8 +6,6 @@ Every unit gets a *degree*:
   * output d (and each of its likelihood parameters) gets the degree of input d.
 A hidden layer connects k' -> k iff m_l(k) >= m_{l-1}(k'); the output layer and the direct
 input-to-output layer connect iff d > m(k') (strictly), so output d only ever sees x_<d.
-A hidden degree of 0 (UNUSED) marks a unit that the mask does not use at all: it sees nothing and
-nothing sees it. A mixture of MADEs (network.py) gives each mask its own block of units this way.
 Degrees are stored explicitly; masks are always rebuilt from them, so a loaded model never
 depends on a random number generator.
 """
@@ -15,11 +13,11 @@ depends on a random number generator.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
 ORDERINGS = ("natural", "reversed", "random")
-UNUSED = 0  # the hidden degree of a unit outside the mask (real degrees start at 1)
 
 
 def make_ordering(
@@ -57,46 +55,43 @@ def sample_hidden_degrees(
 ) -> torch.Tensor:
     """(H,) degrees uniform on [min m_{l-1}, D-1]: starting at the previous layer's minimum keeps every
     unit connected to something, and stopping at D-1 keeps it useful to some output."""
-    low = int(previous_degrees[previous_degrees != UNUSED].min())
+    low = int(previous_degrees.min())
     high = max(low, n_dims - 1)  # D == 1: no unit can reach the output; any degree is as good
     return torch.randint(low, high + 1, (n_units,), generator=generator)
 
 
 def hidden_mask(in_degrees: torch.Tensor, out_degrees: torch.Tensor) -> torch.Tensor:
-    """(out, in) mask of a hidden layer: out unit k sees in unit k' iff m(k) >= m(k') (both used)."""
-    used = (out_degrees[:, None] != UNUSED) & (in_degrees[None, :] != UNUSED)
-    return ((out_degrees[:, None] >= in_degrees[None, :]) & used).float()
+    """bool (out, in) mask of a hidden layer: out unit k sees in unit k' iff m(k) >= m(k')."""
+    return out_degrees[:, None] >= in_degrees[None, :]
 
 
 def output_mask(in_degrees: torch.Tensor, out_degrees: torch.Tensor) -> torch.Tensor:
-    """(out, in) mask of the output (and direct) layer: strict, so output d never sees x_d or later."""
-    return ((out_degrees[:, None] > in_degrees[None, :]) & (in_degrees[None, :] != UNUSED)).float()
+    """bool (out, in) mask of the output (and direct) layer: strict, so output d never sees x_d or later."""
+    return out_degrees[:, None] > in_degrees[None, :]
 
 
-def check_degrees(
-    input_degrees: torch.Tensor, hidden_degrees: Sequence[torch.Tensor], n_dims: int, allow_unused: bool = False
-) -> None:
-    """Raise ValueError unless the degrees describe a valid MADE (used when loading a checkpoint).
-    `allow_unused`: units may be UNUSED (a mixture's mask), but every layer keeps at least one unit."""
+class LayerMasks(NamedTuple):
+    hidden: list[torch.Tensor]  # (H_l, H_{l-1}) per hidden layer; layer 0 reads the D inputs
+    output: torch.Tensor  # (P*D, H_L), or (P*D, D) without hidden layers
+    direct: torch.Tensor  # (P*D, D) direct input-to-output connections
+
+
+def layer_masks(input_degrees: torch.Tensor, hidden_degrees: Sequence[torch.Tensor], params_per_dim: int) -> LayerMasks:
+    """Every masked layer's mask for one mask configuration. Output unit p*D + d is parameter p of
+    dimension d, so it takes the degree of input d."""
+    hidden, previous = [], input_degrees
+    for degrees in hidden_degrees:
+        hidden.append(hidden_mask(previous, degrees))
+        previous = degrees
+    output_degrees = input_degrees.repeat(params_per_dim)
+    return LayerMasks(hidden, output_mask(previous, output_degrees), output_mask(input_degrees, output_degrees))
+
+
+def check_degrees(input_degrees: torch.Tensor, hidden_degrees: Sequence[torch.Tensor], n_dims: int) -> None:
+    """Raise ValueError unless the degrees describe a valid MADE (used when loading a checkpoint)."""
     if not torch.equal(torch.sort(input_degrees).values.cpu(), torch.arange(1, n_dims + 1)):
         raise ValueError("input degrees are not a permutation of 1..D")
     high = max(1, n_dims - 1)
     for layer, degrees in enumerate(hidden_degrees):
-        used = degrees[degrees != UNUSED] if allow_unused else degrees
-        if allow_unused and len(degrees) and not len(used):
-            raise ValueError(f"hidden layer {layer} has no unit in this mask")
-        if len(used) and (int(used.min()) < 1 or int(used.max()) > high):
+        if len(degrees) and (int(degrees.min()) < 1 or int(degrees.max()) > high):
             raise ValueError(f"hidden layer {layer} has degrees outside [1, {high}]")
-
-
-def check_mixture_blocks(hidden_degrees: Sequence[torch.Tensor]) -> None:
-    """Raise ValueError unless, in every layer ((M, H_l) degrees), each mask's used units form one
-    contiguous block and no two masks share a unit: what a mixture's forward pass and masks rely on."""
-    for layer, degrees in enumerate(hidden_degrees):
-        owners = (degrees != UNUSED).sum(dim=0)
-        if bool((owners > 1).any()):
-            raise ValueError(f"hidden layer {layer}: a unit is used by more than one mask of the mixture")
-        for k, row in enumerate(degrees):
-            used = (row != UNUSED).nonzero().squeeze(1)
-            if len(used) and int(used[-1] - used[0]) + 1 != len(used):
-                raise ValueError(f"hidden layer {layer}: mask {k}'s units are not one contiguous block")

@@ -1,95 +1,108 @@
-"""A uniform mixture of K separately trained one-mask MADEs, as one K-mask network.
+"""A uniform mixture of K separately trained one-mask MADEs.
 
     p(x) = 1/K sum_k p_k(x),   log p(x) = logsumexp_k log p_k(x) - log K
 
-is the mask-ensemble formula, so the mixture is stored and served as a mask ensemble whose masks share no
-weights: every hidden layer is the members' layers side by side, mask k uses only member k's block of
-units (the others are UNUSED under it), and the output and direct layers hold one block of rows per member
-(each member has its own output biases and direct weights). Members with different orderings make errors
-in different places, so the mixture beats each member by more than a wider single network of the same
-size would (docs/results.md).
+is the mask-ensemble formula, so the mixture is a `Density` whose component k is member k: it scores,
+samples and conditions exactly as a K-mask model does, and the members know nothing about being mixed.
+Members with different orderings make errors in different places, so the mixture beats each member by
+more than a wider single network of the same size would (docs/results.md).
 """
 
 from __future__ import annotations
 
-import torch
+import copy
 
-from .density import MADEDensity
-from .masks import UNUSED
-from .network import MADE, MADEConfig
+import torch
+from torch import nn
+
+from .config import MADEConfig
+from .density import Density, MADEDensity
 
 
 class MergeError(ValueError):
     """The models cannot be merged into one mixture (they model different data, or are not one-mask)."""
 
 
-def _check_members(members: list[MADEDensity]) -> None:
+class MADEMixture(Density):
+    def __init__(self, members: list[MADEDensity], eval_masks: int | None = None):
+        super().__init__()
+        check_members(members)
+        self.members = nn.ModuleList(members)
+        self.eval_masks = len(members) if eval_masks is None else eval_masks
+
+    @property
+    def config(self) -> MADEConfig:
+        """The mixture as one architecture: the members' layers side by side, one mask per member (what
+        its checkpoint describes); the order and seed are the first member's."""
+        first = self.members[0].config
+        widths = [m.config.hidden_sizes for m in self.members]
+        return MADEConfig(**first.model_dump(exclude={"hidden_sizes", "n_masks", "eval_masks", "mask_resampling",
+                                                      "fresh_masks", "mixture"}),
+                          hidden_sizes=[sum(layer) for layer in zip(*widths, strict=True)],
+                          n_masks=len(self.members), eval_masks=self.eval_masks, mixture=True)
+
+    @property
+    def likelihood(self):
+        return self.members[0].likelihood
+
+    @property
+    def shift(self) -> torch.Tensor:
+        return self.members[0].shift
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.members[0].scale
+
+    @property
+    def n_masks(self) -> int:
+        return len(self.members)
+
+    @property
+    def order_agnostic(self) -> bool:
+        # The stored mixture keeps one ordering per member and not how each was trained, so it conditions
+        # only on a prefix of every member's ordering (conditional.py), before and after saving alike.
+        return False
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.members[0].dtype
+
+    def component(self, k: int) -> tuple[MADEDensity, int]:
+        return self.members[k], 0
+
+
+def check_members(members: list[MADEDensity]) -> None:
+    """Raise MergeError unless the models can be mixed: one-mask models of the same data, alike in what
+    the stored mixture keeps once (head, layer count, activation, direct connections, standardisation)."""
     if len(members) < 2:
         raise MergeError("a mixture needs at least two models")
-    first = members[0]
+    first = members[0].config
     for i, member in enumerate(members):
-        config = member.network.config
-        if config.n_masks != 1 or config.mixture:
-            raise MergeError(f"model {i} has {config.n_masks} masks; only one-mask models can be merged")
+        if not isinstance(member, MADEDensity) or member.config.n_masks != 1:
+            raise MergeError(f"model {i} has {member.n_masks} masks; only one-mask models can be merged")
+        config = member.config
         if config.mask_conditioning:
             raise MergeError(f"model {i} uses mask conditioning, which a one-mask mixture member cannot have")
         checks = {
-            "n_dims": (member.n_dims, first.n_dims),
-            "likelihood": (member.likelihood.spec(), first.likelihood.spec()),
-            "number of hidden layers": (len(config.hidden_sizes), len(first.network.config.hidden_sizes)),
-            "activation": (config.activation, first.network.config.activation),
-            "direct connections": (config.direct_connections, first.network.config.direct_connections),
+            "n_dims": (config.n_dims, first.n_dims),
+            "likelihood": (config.likelihood, first.likelihood),
+            "number of hidden layers": (len(config.hidden_sizes), len(first.hidden_sizes)),
+            "activation": (config.activation, first.activation),
+            "direct connections": (config.direct_connections, first.direct_connections),
         }
         for what, (value, wanted) in checks.items():
             if value != wanted:
                 raise MergeError(f"model {i} differs from model 0 in {what}: {value} against {wanted}")
-        if not (torch.equal(member.shift, first.shift) and torch.equal(member.scale, first.scale)):
+        if not (torch.equal(member.shift, members[0].shift) and torch.equal(member.scale, members[0].scale)):
             raise MergeError(f"model {i} standardises the data differently from model 0")
 
 
-@torch.no_grad()
-def merge(members: list[MADEDensity]) -> MADEDensity:
-    """The uniform mixture of `members` (one-mask MADEs of the same data) as one mixture network, on CPU in
-    float32; mask k computes exactly what member k computes."""
-    _check_members(members)
-    first = members[0].network.config
-    K, D, P = len(members), first.n_dims, first.params_per_dim
-    widths = [m.network.config.hidden_sizes for m in members]  # (K, L)
-    config = MADEConfig(
-        n_dims=D,
-        hidden_sizes=[sum(layer) for layer in zip(*widths)],
-        params_per_dim=P,
-        n_masks=K,
-        mask_resampling="both",
-        order=first.order,
-        eval_masks=K,
-        direct_connections=first.direct_connections,
-        activation=first.activation,
-        dropout=first.dropout,
-        seed=first.seed,
-        mixture=True,
-    )
-    network = MADE(config)
-    for parameter in network.parameters():
-        parameter.zero_()  # entries outside every member's block are never used: keep them zero
-    starts = [0] * len(config.hidden_sizes)  # where the next member's block begins, per layer
-    for k, member in enumerate(members):
-        source = {name: t.detach().cpu() for name, t in member.network.state_dict().items()}
-        network.input_degrees[k] = source["input_degrees"][0]
-        previous = slice(None)  # layer 0 reads every input
-        for l, layer in enumerate(network.hidden):
-            block = slice(starts[l], starts[l] + widths[k][l])
-            degrees = getattr(network, f"hidden_degrees_{l}")
-            degrees[k] = UNUSED
-            degrees[k, block] = source[f"hidden_degrees_{l}"][0]
-            layer.weight[block, previous] = source[f"hidden.{l}.weight"]
-            layer.bias[block] = source[f"hidden.{l}.bias"]
-            starts[l], previous = block.stop, block
-        rows = network.output_rows(k)
-        network.output.weight[rows, previous] = source["output.weight"]
-        network.output.bias[rows] = source["output.bias"]
-        if network.direct is not None:
-            network.direct.weight[rows] = source["direct.weight"]
-    network.refresh_masks()
-    head = members[0]
-    return MADEDensity(network, head.likelihood, shift=head.shift.cpu(), scale=head.scale.cpu()).eval()
+def merge(members: list[MADEDensity]) -> MADEMixture:
+    """The uniform mixture of `members` (one-mask MADEs of the same data), on CPU in float32, in eval mode;
+    component k computes exactly what member k computes."""
+    check_members(members)
+    return MADEMixture([copy.deepcopy(m).float().cpu() for m in members]).eval()

@@ -1,6 +1,6 @@
 """The reference sampler: D sequential network passes per mask, one dimension fixed per pass.
 
-It samples exactly the distribution that `MADEDensity.log_prob` scores: each sample picks one of the K
+It samples exactly the distribution that `Density.log_prob` scores: each sample picks one of the K
 ensemble masks uniformly, then fills the dimensions in that mask's order, drawing x_d from
 p(x_d | x_<d). All randomness is drawn first (`draw_randomness`: the mask choice of every row, then all
 per-dimension noise) and the walk itself (`sample_from_randomness`) is deterministic. So the same seed
@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from .density import MADEDensity
+from .density import Density, evaluating
 
 
 class Randomness(NamedTuple):
@@ -31,7 +31,7 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
 
 
 def draw_randomness(
-    model: MADEDensity, n: int, masks: int | None = None, generator: torch.Generator | None = None
+    model: Density, n: int, masks: int | None = None, generator: torch.Generator | None = None
 ) -> Randomness:
     K = model.resolve_masks(masks)
     mask_choice = torch.randint(K, (n,), generator=generator, device=model.device)
@@ -40,31 +40,28 @@ def draw_randomness(
 
 
 @torch.no_grad()
-def sample_per_mask(model: MADEDensity, randomness: Randomness, fill) -> torch.Tensor:
+def sample_per_mask(model: Density, randomness: Randomness, fill) -> torch.Tensor:
     """What every sampler shares: eval mode (no dropout), the rows grouped by the mask they drew, and
     `fill(k, rows)` giving those rows' standardised samples under mask k; returns original units."""
     mask_choice, noise = randomness
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         z = torch.zeros(noise.shape[0], model.n_dims, device=model.device, dtype=model.dtype)
         for k in mask_choice.unique().tolist():
             rows = (mask_choice == k).nonzero(as_tuple=True)[0]
             z[rows] = fill(k, rows)
         return model.destandardise(z)
-    finally:
-        model.train(was_training)
 
 
-def sample_from_randomness(model: MADEDensity, randomness: Randomness) -> torch.Tensor:
+def sample_from_randomness(model: Density, randomness: Randomness) -> torch.Tensor:
     """(n, D) samples in the data's original units, a deterministic function of the randomness."""
     noise = randomness.noise
 
     def walk(k: int, rows: torch.Tensor) -> torch.Tensor:
-        model.network.use_mask(k)
+        density, mask = model.component(k)
+        density.network.use_mask(mask)
         z_k = torch.zeros(len(rows), model.n_dims, device=model.device, dtype=model.dtype)  # one dim per pass
-        for d in model.network.ordering(k).tolist():
-            params = model.network(z_k)  # (n_k, P, D); column d depends only on the fixed x_<d
+        for d in density.network.ordering(mask).tolist():
+            params = density.network(z_k)  # (n_k, P, D); column d depends only on the fixed x_<d
             z_k[:, d] = model.likelihood.sample(params[:, :, d], noise[rows, d])
         return z_k
 
@@ -72,7 +69,7 @@ def sample_from_randomness(model: MADEDensity, randomness: Randomness) -> torch.
 
 
 def sample(
-    model: MADEDensity, n: int, masks: int | None = None, generator: torch.Generator | None = None
+    model: Density, n: int, masks: int | None = None, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """(n, D) samples from the K-mask ensemble, in the data's original units."""
     return sample_from_randomness(model, draw_randomness(model, n, masks, generator))

@@ -19,7 +19,7 @@ import torch
 
 from service import calibration, checkpoint
 from service.made import build
-from tests.conftest import markov_chain, take_training_steps
+from tests.helpers import markov_chain, take_training_steps
 
 MADE = str(Path(sys.executable).parent / "made")
 SERVE_COMMAND = [MADE, "serve"]

@@ -12,7 +12,7 @@ import torch
 
 from service import checkpoint
 from tests.api.conftest import MADE
-from tests.conftest import all_binary, markov_chain
+from tests.helpers import all_binary, markov_chain
 
 JSON = {"content-type": "application/json"}
 

@@ -20,7 +20,7 @@ import torch
 
 from service import checkpoint
 from tests.api.conftest import copy_version, running, save_tiny
-from tests.conftest import markov_chain
+from tests.helpers import markov_chain
 
 SLOW_ROWS = np.random.default_rng(0).integers(0, 2, size=(1024, 128)).astype(float).tolist()
 

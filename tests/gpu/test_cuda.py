@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.made import build, make_generator, sample
+from service.made import build, make_generator, merge, sample
 from service.training import TrainConfig, train
-from tests.conftest import all_binary, markov_chain
+from tests.helpers import all_binary, markov_chain
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -50,8 +50,8 @@ def test_fast_sampler_on_cuda_draws_the_reference_samples():
 def test_a_mixture_scores_and_samples_on_cuda_as_on_cpu():
     from service.made.fast_sampling import sample_fast
 
-    model = build(9, "bernoulli", hidden_sizes=(40, 30), n_masks=3, mixture=True, order="random",
-                  direct_connections=True).double()
+    model = merge([build(9, "bernoulli", hidden_sizes=(40, 30), order="random", direct_connections=True, seed=k)
+                   for k in range(3)]).double()
     x = all_binary(9).double()
     with torch.no_grad():
         cpu = model.log_prob(x)
@@ -108,7 +108,7 @@ def test_fast_sampler_walk_never_waits_for_the_host():
 
     model = build(30, "bernoulli", hidden_sizes=(64, 64), direct_connections=True, n_masks=2,
                   order="random").to("cuda").eval()
-    plan = _plan(model, 1)
+    _, plan = _plan(model, 1)
     noise = torch.rand(16, 30, 1, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -7,7 +7,7 @@ import torch
 
 from service.made import build, make_generator, sample
 from service.made.fast_sampling import sample_fast
-from tests.conftest import markov_chain, take_training_steps
+from tests.helpers import markov_chain, take_training_steps
 
 ARCHITECTURES = [
     dict(hidden_sizes=(30,)),
@@ -74,7 +74,7 @@ def test_fixed_buffer_walk_pads_and_slices_without_changing_a_sample(likelihood)
 
     model = randomised(likelihood, hidden_sizes=(20, 20), direct_connections=True, mask_conditioning=True,
                        n_masks=2, order="random")
-    plan = _plan(model, 1)
+    _, plan = _plan(model, 1)
     noise = model.likelihood.draw_noise(8, 9, make_generator(2), "cpu").double()
     walk = GraphedWalk(model, plan, 8, noise.shape[2], capture=False)
     for n in (8, 3, 1, 5):  # the same buffers, reused by smaller batches padded to 8 rows
@@ -94,7 +94,7 @@ def test_fixed_buffer_walk_made_in_inference_mode_works_outside_it():
     model = randomised("bernoulli", hidden_sizes=(20,))
     noise = torch.rand(4, 9, 1, generator=make_generator(0), dtype=torch.float64)
     with torch.inference_mode():
-        walk = GraphedWalk(model, _plan(model, 0), 4, 1, capture=False)
+        walk = GraphedWalk(model, _plan(model, 0)[1], 4, 1, capture=False)
         inside = walk(noise)
     outside = walk(noise)
     assert torch.equal(inside, outside)

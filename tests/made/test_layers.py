@@ -6,7 +6,7 @@ import torch
 
 from service.made import build
 from service.made.layers import MaskedLinear
-from tests.conftest import markov_chain, take_training_steps
+from tests.helpers import markov_chain, take_training_steps
 
 
 def direct(layer: MaskedLinear, x: torch.Tensor) -> torch.Tensor:
@@ -34,10 +34,9 @@ def test_the_cached_product_follows_weight_and_mask_changes():
     layer.double()
     with torch.no_grad():
         assert torch.allclose(layer(x.double()), direct(layer, x.double()))
-    with torch.no_grad():  # a block of the layer, as a mixture asks for
-        assert torch.allclose(layer(x.double()[:, 1:4], rows=slice(0, 2), cols=slice(1, 4)),
-                              x.double()[:, 1:4] @ (layer.weight * layer.mask)[:2, 1:4].t() + layer.bias[:2]
-                              + (layer.cond_weight * layer.mask)[:2, 1:4].sum(1))
+    with torch.no_grad():  # a new mask tensor, as installing a mask makes
+        layer.mask = torch.rand(4, 5) < 0.5
+        assert torch.allclose(layer(x.double()), direct(layer, x.double()))
 
 
 def test_scores_without_gradients_match_scores_with_them_through_mask_switches_and_training():
@@ -49,3 +48,16 @@ def test_scores_without_gradients_match_scores_with_them_through_mask_switches_a
         with torch.no_grad():
             cached = model.log_prob_per_mask(x)
         assert torch.allclose(cached, model.log_prob_per_mask(x).detach(), atol=1e-6)
+
+
+def test_masks_installed_in_inference_mode_serve_later_calls():
+    model = build(6, hidden_sizes=(10,), n_masks=3, order="random")
+    x = markov_chain(8, 6)
+    with torch.no_grad():
+        expected = model.log_prob(x)
+    with torch.inference_mode():  # as the server warms a model up: every mask installed in inference mode
+        model.log_prob(x)
+    with torch.no_grad():
+        assert torch.allclose(model.log_prob(x), expected)
+    with torch.inference_mode():
+        assert torch.allclose(model.log_prob(x), expected)

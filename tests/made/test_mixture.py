@@ -1,5 +1,5 @@
-"""A mixture of MADEs (`made merge`): each mask an independent MADE on its own units, the whole an exact,
-normalised uniform mixture of the members, sampled exactly by both samplers."""
+"""A mixture of MADEs (`made merge`): each component an independent member, the whole an exact, normalised
+uniform mixture of the members, sampled exactly by both samplers."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ import torch
 from service.made import build, make_generator, sample
 from service.made.conditional import ConditioningError, marginal_log_prob, sample_conditional
 from service.made.fast_sampling import sample_fast
-from service.made.masks import UNUSED, hidden_mask, output_mask
 from service.made.mixture import MergeError, merge
-from tests.conftest import all_binary, all_categorical, markov_chain, take_training_steps
-from tests.made.test_masks import assert_autoregressive
+from tests.helpers import all_binary, all_categorical, assert_autoregressive, markov_chain, take_training_steps
 
 
 def trained_member(seed: int, likelihood: str = "bernoulli", D: int = 7, hidden=(20, 16), **options):
@@ -25,41 +23,34 @@ def trained_member(seed: int, likelihood: str = "bernoulli", D: int = 7, hidden=
     return take_training_steps(member, x, steps=15)
 
 
-def test_unused_units_see_nothing_and_are_seen_by_nothing():
-    inputs = torch.tensor([2, 1, 3])
-    hidden = torch.tensor([1, UNUSED, 2])
-    assert torch.equal(hidden_mask(inputs, hidden), torch.tensor([[0, 1, 0], [0, 0, 0], [1, 1, 0]]).float())
-    assert torch.equal(hidden_mask(hidden, torch.tensor([2, UNUSED])), torch.tensor([[1, 0, 1], [0, 0, 0]]).float())
-    assert torch.equal(output_mask(hidden, inputs), torch.tensor([[1, 0, 0], [0, 0, 0], [1, 0, 1]]).float())
+def random_mixture(D: int, likelihood: str = "bernoulli", hidden=(18, 12), K: int = 3, **options):
+    """K untrained members with their own random orderings, merged."""
+    return merge([build(D, likelihood, categories=3, components=2, hidden_sizes=hidden, order="random",
+                        direct_connections=True, seed=k, **options) for k in range(K)])
 
 
 @pytest.mark.parametrize("hidden", [(21, 15), (12,), ()])
-def test_each_mask_is_autoregressive_and_uses_only_its_own_weights(hidden):
+def test_each_component_is_autoregressive_and_uses_only_its_own_weights(hidden):
     D, K = 6, 3
-    model = build(D, "mog", components=2, hidden_sizes=hidden, n_masks=K, mixture=True, order="random",
-                  direct_connections=True, seed=4).double()
+    model = random_mixture(D, "mog", hidden=hidden, K=K).double()
     take_training_steps(model, torch.randn(32, D, dtype=torch.float64), steps=10)
     for k in range(K):
         assert_autoregressive(model, k)
-        # Mask k's outputs get no gradient from the units, rows or direct weights of any other mask.
+        # Component k's outputs get no gradient from any other member's weights, and from all of its own.
         model.zero_grad()
-        model.conditionals_for_active_mask(torch.randn(8, D, dtype=torch.float64)).sum().backward()
-        for l, layer in enumerate(model.network.hidden):
-            unused = model.network.hidden_degrees(k)[l] == UNUSED
-            assert torch.all(layer.weight.grad[unused] == 0) and torch.all(layer.bias.grad[unused] == 0)
-            assert layer.weight.grad[~unused].abs().sum() > 0  # its own units do
-        rows = torch.ones(model.network.output.weight.shape[0], dtype=torch.bool)
-        rows[model.network.rows] = False
-        assert torch.all(model.network.output.weight.grad[rows] == 0)
-        assert torch.all(model.network.output.bias.grad[rows] == 0)
-        assert torch.all(model.network.direct.weight.grad[rows] == 0)
+        model.conditionals_for_mask(torch.randn(8, D, dtype=torch.float64), k).sum().backward()
+        for j, member in enumerate(model.members):
+            grads = [p.grad for p in member.parameters()]
+            if j == k:
+                assert all(g is not None and g.abs().sum() > 0 for g in grads)
+            else:
+                assert all(g is None or torch.all(g == 0) for g in grads)
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "categorical"])
 def test_a_mixture_sums_to_one_by_enumeration(likelihood):
     D = 6
-    model = build(D, likelihood, categories=3, hidden_sizes=(18, 12), n_masks=3, mixture=True, order="random",
-                  direct_connections=True)
+    model = random_mixture(D, likelihood)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.7)
@@ -73,14 +64,14 @@ def test_a_mixture_sums_to_one_by_enumeration(likelihood):
 def test_merge_computes_each_member_exactly_and_averages_probabilities(likelihood):
     members = [trained_member(s, likelihood, hidden=h) for s, h in ((1, (20, 16)), (2, (9, 30)), (3, (14, 5)))]
     mixture = merge(members)
-    assert mixture.network.config.hidden_sizes == (43, 51) and mixture.n_masks == 3
+    assert mixture.config.hidden_sizes == [43, 51] and mixture.n_masks == 3 and mixture.config.mixture
     x = markov_chain(50, 7) if likelihood == "bernoulli" else torch.randint(0, 3, (50, 7)).float()
     with torch.no_grad():
         each = torch.stack([m.log_prob(x) for m in members])  # (K, B)
         assert torch.allclose(mixture.log_prob_per_mask(x), each, atol=1e-5)
         assert torch.allclose(mixture.log_prob(x), torch.logsumexp(each, 0) - math.log(3), atol=1e-5)
         for k, member in enumerate(members):
-            assert torch.equal(mixture.network.ordering(k), member.network.ordering(0))
+            assert torch.equal(mixture.ordering(k), member.ordering(0))
 
 
 def test_merge_refuses_models_that_cannot_be_mixed():
@@ -122,32 +113,25 @@ def test_a_mixture_conditions_only_on_a_prefix_of_every_member_ordering():
     x = markov_chain(4, 6)
     with torch.no_grad():
         assert torch.allclose(marginal_log_prob(mixture, x), mixture.log_prob(x), atol=1e-6)
-    first = mixture.network.ordering(0)[0]
-    assert first != mixture.network.ordering(1)[0]  # so {first} is a prefix of one member's ordering only
+    first = mixture.ordering(0)[0]
+    assert first != mixture.ordering(1)[0]  # so {first} is a prefix of one member's ordering only
     partial = x.clone()
     partial[:, [d for d in range(6) if d != first]] = float("nan")
     with pytest.raises(ConditioningError, match="prefix"):
         sample_conditional(mixture, partial)
 
 
-def test_switching_members_keeps_every_member_exact():
-    mixture = merge([trained_member(s, D=6, hidden=(12, 8)) for s in (1, 2, 3)])
-    x = markov_chain(20, 6)
+def test_merge_copies_its_members_and_leaves_them_as_they_were():
+    members = [trained_member(s, D=6, hidden=(12,)).double() for s in (1, 2)]
+    mixture = merge(members)
+    assert mixture.dtype == torch.float32 and all(m.dtype == torch.float64 for m in members)
     with torch.no_grad():
-        before = mixture.log_prob_per_mask(x)
-        # Another ordering installed for member 1 (as conditioning does) replaces only member 1's masks ...
-        network = mixture.network
-        network.use_degrees(network.input_degrees[1].flip(0), network.hidden_degrees(1), member=1)
-        assert torch.allclose(mixture.conditionals_for_mask(x, 0).sum(1), before[0])
-        # ... and asking for stored mask 1 again puts its own back.
-        assert torch.allclose(mixture.log_prob_per_mask(x), before)
-        network.refresh_masks()
-        assert torch.allclose(mixture.log_prob_per_mask(x), before)
+        mixture.members[0].network.output.bias.add_(1.0)
+    assert not torch.equal(mixture.members[0].network.output.bias.double(), members[0].network.output.bias)
 
 
 def test_gradients_flow_through_every_member_of_a_freshly_loaded_mixture():
     mixture = merge([trained_member(s, D=6, hidden=(12,)) for s in (1, 2)])
-    mixture.network.refresh_masks()  # as after loading: no pass may then rewrite a mask autograd saved
     loss = -mixture.log_prob(markov_chain(16, 6)).mean()
     loss.backward()
     assert all(p.grad is not None for p in mixture.parameters())

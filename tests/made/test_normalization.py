@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from service.made import build
-from tests.conftest import all_binary, all_categorical, markov_chain, take_training_steps
+from tests.helpers import all_binary, all_categorical, markov_chain, take_training_steps
 
 BINARY_CONFIGS = [
     dict(hidden_sizes=(32,), n_masks=1),

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from service.made import build, make_generator, sample
-from tests.conftest import all_binary, all_categorical, markov_chain, take_training_steps
+from tests.helpers import all_binary, all_categorical, markov_chain, take_training_steps
 
 
 def expected_tv_bound(n_outcomes: int, n_samples: int) -> float:

@@ -11,8 +11,10 @@ import torch
 
 from service import checkpoint
 from service.checkpoint import CheckpointError
-from service.made import build
-from tests.conftest import all_binary, markov_chain, take_training_steps
+from service.checkpoint.layout import SCALE_SUFFIX
+from service.made import build, merge
+from service.made.layers import MaskedLinear
+from tests.helpers import all_binary, markov_chain, take_training_steps
 
 HEADS = {
     "bernoulli": dict(),
@@ -28,6 +30,11 @@ def data_for(likelihood: str, n: int = 64) -> torch.Tensor:
     if likelihood == "categorical":
         return torch.randint(0, 4, (n, 6)).float()
     return torch.randn(n, 6) * 2
+
+
+def masked_layers(model) -> dict[str, MaskedLinear]:
+    """State-dict prefix -> masked layer, e.g. "network.hidden.0", "network.output", "network.direct"."""
+    return {f"network.{name}": m for name, m in model.network.named_modules() if isinstance(m, MaskedLinear)}
 
 
 @pytest.fixture
@@ -72,7 +79,7 @@ def test_one_mask_models_store_only_the_weights_their_mask_keeps(tmp_path, likel
     dense_bytes = (tmp_path / "dense" / checkpoint.WEIGHTS_FILE).stat().st_size
     masked_bytes = (tmp_path / "masked" / checkpoint.WEIGHTS_FILE).stat().st_size
     assert masked_bytes < 0.75 * dense_bytes
-    for name, layer in checkpoint._masked_layers(loaded).items():  # what was dropped comes back as zeros
+    for name, layer in masked_layers(loaded).items():  # what was dropped comes back as zeros
         assert torch.all(layer.weight[layer.mask == 0] == 0), name
 
 
@@ -102,14 +109,13 @@ def test_float16_storage_loads_as_float32(tmp_path):
 
 
 def test_a_mixture_round_trips_storing_only_what_its_masks_keep(tmp_path):
-    model = build(6, "categorical", categories=4, hidden_sizes=(30, 21), n_masks=3, mixture=True,
-                  order="random", direct_connections=True)
     x = data_for("categorical")
-    take_training_steps(model, x, steps=10)
+    model = merge([take_training_steps(build(6, "categorical", categories=4, hidden_sizes=(10, 7), order="random",
+                                             direct_connections=True, seed=k), x, steps=10) for k in range(3)])
     checkpoint.save(model, tmp_path / "masked")
     checkpoint.save(model, tmp_path / "dense", weights_layout="dense")
     loaded, config = checkpoint.load(tmp_path / "masked")
-    assert config.mixture and config.weights_layout == "masked" and loaded.network.config.mixture
+    assert config.mixture and config.weights_layout == "masked" and loaded.config == model.config
     with torch.no_grad():
         for masks in (1, 2, 3):
             assert torch.equal(loaded.log_prob(x, masks=masks), model.log_prob(x, masks=masks))
@@ -119,13 +125,11 @@ def test_a_mixture_round_trips_storing_only_what_its_masks_keep(tmp_path):
 
 
 def test_a_mixture_whose_members_share_units_is_refused(tmp_path):
-    model = build(6, "bernoulli", hidden_sizes=(12,), n_masks=2, mixture=True, order="random")
+    model = merge([build(6, "bernoulli", hidden_sizes=(6,), order="random", seed=k) for k in range(2)])
     checkpoint.save(model, tmp_path / "m", weights_layout="dense")
-    degrees = model.network.hidden_degrees_0.clone()
-    degrees[1, 0] = 3  # unit 0 is mask 0's: now mask 1 uses it too
 
     def share(tensors):
-        tensors["network.hidden_degrees_0"] = degrees.to(tensors["network.hidden_degrees_0"].dtype)
+        tensors["network.hidden_degrees_0"][1, 0] = 3  # unit 0 is mask 0's: now mask 1 uses it too
 
     rewrite_tensors(tmp_path / "m", share)
     with pytest.raises(CheckpointError, match="a unit is used by more than one mask"):
@@ -143,9 +147,9 @@ def test_int8_storage_is_within_half_a_step_of_every_weight(tmp_path, layout):
     stored = load_file(str(tmp_path / "m" / checkpoint.WEIGHTS_FILE))
     loaded, config = checkpoint.load(tmp_path / "m")
     assert config.weights_dtype == "int8"
-    for name, layer in checkpoint._masked_layers(model).items():
+    for name, layer in masked_layers(model).items():
         assert stored[f"{name}.weight"].dtype == torch.int8
-        scale = stored[f"{name}.weight{checkpoint.SCALE_SUFFIX}"]  # (out,)
+        scale = stored[f"{name}.weight{SCALE_SUFFIX}"]  # (out,)
         kept = layer.weight * layer.mask if layout == "masked" else layer.weight
         assert torch.allclose(scale, kept.detach().abs().amax(1) / 127)
         error = (loaded.get_submodule(name).weight * layer.mask - layer.weight * layer.mask).abs()
@@ -244,7 +248,7 @@ def edit_config(path, **changes):
         (dict(format="something-else"), "not a made checkpoint"),
         (dict(n_dims="six"), "n_dims"),
         (dict(weights_layout="masked"), "weights_layout 'masked' needs a one-mask model or a mixture, not n_masks=3"),
-        (dict(mixture=True), "impossible model: a mixture has a fixed set of masks without mask conditioning"),
+        (dict(mixture=True), "invalid: config: Value error, a mixture has a fixed set of masks without mask conditioning"),
     ],
 )
 def test_incompatible_configs_are_refused(saved, changes, message):
@@ -304,3 +308,21 @@ def test_a_safetensors_header_whose_length_starts_with_the_pickle_opcode_still_l
     x = markov_chain(16, 6)
     with torch.no_grad():
         assert torch.equal(loaded.log_prob(x), model.log_prob(x))
+
+
+@pytest.mark.parametrize("weights_dtype", ["float32", "int8"])
+def test_saving_only_reads_the_model(tmp_path, weights_dtype):
+    model = merge([build(6, "bernoulli", hidden_sizes=(8, 5), order="random", direct_connections=True, seed=k)
+                   for k in range(2)])
+    model.conditionals_for_mask(markov_chain(4, 6), 1)  # component 1 active, as after a request
+
+    def fingerprint():
+        tensors = [*model.named_parameters(), *model.named_buffers()]
+        return {name: (t.data_ptr(), t._version, t.clone()) for name, t in tensors}
+
+    before = fingerprint()
+    checkpoint.save(model, tmp_path / "m", weights_dtype=weights_dtype)
+    after = fingerprint()
+    assert before.keys() == after.keys()
+    for name, (ptr, version, value) in before.items():
+        assert after[name][:2] == (ptr, version) and torch.equal(after[name][2], value), name
