@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     workers: Annotated[int, Field(ge=1)] = Field(
         1, description="server processes; >1 runs prometheus-client multiprocess mode so /metrics aggregates"
     )
+    worker_healthcheck_s: Annotated[int, Field(ge=1)] = Field(
+        30, description="with workers > 1: a worker that does not answer the supervisor's health check in this "
+        "time is restarted (a new one imports torch first, which takes seconds on a busy machine)"
+    )
     compute_threads: Annotated[int, Field(ge=0)] = Field(
         0, description="torch intra-op threads for CPU compute (0: torch's default)"
     )

@@ -64,7 +64,8 @@ def serve(settings: Settings) -> None:
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             created = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="made-metrics-")
         try:
-            uvicorn.run("service.api.app:create_app", factory=True, workers=settings.workers, **common)
+            uvicorn.run("service.api.app:create_app", factory=True, workers=settings.workers,
+                        timeout_worker_healthcheck=settings.worker_healthcheck_s, **common)
         finally:
             if created:
                 shutil.rmtree(created, ignore_errors=True)
