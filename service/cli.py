@@ -109,41 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=["text", "json"], help="default: text (for serve: MADE_LOG_FORMAT)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("train", help="train a model and write a checkpoint directory", formatter_class=DEFAULTS)
-    p.add_argument("--data", required=True, help="training data: .npy, .npz[:key] or .csv")
-    p.add_argument("--out", required=True, help="checkpoint directory to write (e.g. models/mine/1)")
-    valid = p.add_mutually_exclusive_group()
-    valid.add_argument("--valid", help="validation data (default: the .npz's valid_x, else --valid-fraction)")
-    valid.add_argument("--valid-fraction", type=float, default=None,
-                       help="hold out this fraction of --data (default: 0.1 when there is no --valid)")
-    p.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS, help="distribution of each x_d given x_<d")
-    p.add_argument("--categories", type=int, help="values per dimension for --likelihood categorical")
-    p.add_argument("--components", type=int, default=10, help="mixture components for --likelihood mog")
-    p.add_argument("--hidden", type=int, nargs="+", default=[500], metavar="H", help="hidden layer sizes")
-    p.add_argument("--masks", type=int, default=1, help="size of the stored mask set (1: a plain MADE)")
-    p.add_argument("--eval-masks", type=int, help="default ensemble size at evaluation (default: every mask)")
-    p.add_argument("--fresh-masks", action="store_true", help="train with a new mask every minibatch")
-    p.add_argument("--resample", default="both", choices=MASK_RESAMPLING, help="what differs between masks")
-    p.add_argument("--order", type=_order, default="natural", help="ordering of the first mask")
-    p.add_argument("--direct", action="store_true", help="direct input-to-output connections")
-    p.add_argument("--mask-conditioning", action="store_true", help="learned mask-dependent bias per layer")
-    p.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS), help="hidden activation")
-    p.add_argument("--dropout", type=float, default=0.0, help="dropout on hidden units while training")
-    p.add_argument("--epochs", type=int, default=100, help="maximum number of epochs")
-    p.add_argument("--batch-size", type=int, default=100, help="rows per minibatch (one mask each)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 weight decay")
-    p.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES, help="cosine: anneal to 0 over --epochs; plateau: halve when validation stalls")
-    p.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs (0: off)")
-    p.add_argument("--valid-masks", type=int, default=1, help="masks averaged for per-epoch validation")
-    p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
-    p.add_argument("--ema-decay", type=float, default=0.0, help="validate and keep an exponential moving average of the weights with this decay per step, e.g. 0.999 (0: off)")
-    p.add_argument("--input-shape", type=int, nargs="+", help="shape of one row as an image, e.g. 28 28")
-    p.add_argument("--weights-dtype", default="float32", choices=sorted(checkpoint.DTYPES), help="storage dtype in the checkpoint (evaluation is always float32)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, masks, shuffling and the hold-out split")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: when stderr is a terminal; log lines otherwise)")
+    _add_train_parser(commands)
 
     p = commands.add_parser("merge", help="combine one-mask models into one mixture model (a checkpoint)",
                             formatter_class=DEFAULTS,
@@ -189,6 +155,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="same seed, same samples (default: random)")
     p.add_argument("--out", required=True, help="output .npy: uint8 for bernoulli, int64 for categorical, float32 otherwise")
     return parser
+
+
+def _add_train_parser(commands) -> None:
+    p = commands.add_parser("train", help="train a model and write a checkpoint directory", formatter_class=DEFAULTS)
+    p.add_argument("--data", required=True, help="training data: .npy, .npz[:key] or .csv")
+    p.add_argument("--out", required=True, help="checkpoint directory to write (e.g. models/mine/1)")
+    valid = p.add_mutually_exclusive_group()
+    valid.add_argument("--valid", help="validation data (default: the .npz's valid_x, else --valid-fraction)")
+    valid.add_argument("--valid-fraction", type=float, default=None,
+                       help="hold out this fraction of --data (default: 0.1 when there is no --valid)")
+    p.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS, help="distribution of each x_d given x_<d")
+    p.add_argument("--categories", type=int, help="values per dimension for --likelihood categorical")
+    p.add_argument("--components", type=int, default=10, help="mixture components for --likelihood mog")
+    p.add_argument("--hidden", type=int, nargs="+", default=[500], metavar="H", help="hidden layer sizes")
+    p.add_argument("--masks", type=int, default=1, help="size of the stored mask set (1: a plain MADE)")
+    p.add_argument("--eval-masks", type=int, help="default ensemble size at evaluation (default: every mask)")
+    p.add_argument("--fresh-masks", action="store_true", help="train with a new mask every minibatch")
+    p.add_argument("--resample", default="both", choices=MASK_RESAMPLING, help="what differs between masks")
+    p.add_argument("--order", type=_order, default="natural", help="ordering of the first mask")
+    p.add_argument("--direct", action="store_true", help="direct input-to-output connections")
+    p.add_argument("--mask-conditioning", action="store_true", help="learned mask-dependent bias per layer")
+    p.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS), help="hidden activation")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout on hidden units while training")
+    p.add_argument("--epochs", type=int, default=100, help="maximum number of epochs")
+    p.add_argument("--batch-size", type=int, default=100, help="rows per minibatch (one mask each)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 weight decay")
+    p.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES, help="cosine: anneal to 0 over --epochs; plateau: halve when validation stalls")
+    p.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs (0: off)")
+    p.add_argument("--valid-masks", type=int, default=1, help="masks averaged for per-epoch validation")
+    p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
+    p.add_argument("--ema-decay", type=float, default=0.0, help="validate and keep an exponential moving average of the weights with this decay per step, e.g. 0.999 (0: off)")
+    p.add_argument("--input-shape", type=int, nargs="+", help="shape of one row as an image, e.g. 28 28")
+    p.add_argument("--weights-dtype", default="float32", choices=sorted(checkpoint.DTYPES), help="storage dtype in the checkpoint (evaluation is always float32)")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, masks, shuffling and the hold-out split")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal; log lines otherwise)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:

@@ -81,7 +81,6 @@ def train(model: MADEDensity, train_x: torch.Tensor, valid_x: torch.Tensor, conf
     if not isinstance(model, MADEDensity):
         raise ValueError("a mixture is not trained as one network: train one-mask models, then `made merge` them")
     device = model.device
-    network = model.network
     train_x = train_x.to(device)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -101,39 +100,16 @@ def train(model: MADEDensity, train_x: torch.Tensor, valid_x: torch.Tensor, conf
     epochs_bar = tqdm(total=config.epochs, desc="training", unit="epoch", disable=not show_bar, file=sys.stderr)
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.monotonic()
-        model.train()
         order = torch.randperm(len(train_x), generator=generator).to(device)
-        total, seen = 0.0, 0
-        batches = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch}", disable=not show_bar, leave=False, file=sys.stderr
-        )
-        for i in batches:
-            batch = train_x[order[i * config.batch_size : (i + 1) * config.batch_size]]
-            if network.config.fresh_masks:
-                network.use_degrees(*network.draw_degrees(generator))
-            else:
-                network.use_mask(step % network.config.n_masks)
-            loss = -model.conditionals_for_active_mask(batch).sum(dim=1).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
-            if config.lr_schedule == "cosine":
-                scheduler.step()
-            step += 1
-            total += loss.item() * len(batch)
-            seen += len(batch)
-            if i % 20 == 0:
-                batches.set_postfix(train_nll=f"{total / seen:.3f}")
+        batches = tqdm(order.split(config.batch_size), desc=f"epoch {epoch}", disable=not show_bar, leave=False,
+                       file=sys.stderr)  # row indices of each minibatch
+        train_nll, step = _epoch(model, train_x, batches, optimizer, scheduler, averaged, config, generator, step)
         batches.close()
         valid_nll = mean_nll(evaluated, valid_x, masks=config.valid_masks)
         if config.lr_schedule == "plateau":
             scheduler.step(valid_nll)
         stats = EpochStats(
-            epoch, total / seen, valid_nll, optimizer.param_groups[0]["lr"], time.monotonic() - epoch_start
+            epoch, train_nll, valid_nll, optimizer.param_groups[0]["lr"], time.monotonic() - epoch_start
         )
         history.append(stats)
         if valid_nll < best_nll:
@@ -154,6 +130,37 @@ def train(model: MADEDensity, train_x: torch.Tensor, valid_x: torch.Tensor, conf
         model.load_state_dict(best_state)
     model.eval()
     return TrainResult(best_nll, best_epoch, len(history), time.monotonic() - started, history)
+
+
+def _epoch(model: MADEDensity, train_x: torch.Tensor, batches, optimizer, scheduler, averaged,
+           config: TrainConfig, generator: torch.Generator, step: int) -> tuple[float, int]:
+    """One pass over the minibatches, each under the next stored mask (or a fresh one); returns the mean
+    training NLL and the step count so far."""
+    network = model.network
+    model.train()
+    total, seen = 0.0, 0
+    for i, rows in enumerate(batches):
+        batch = train_x[rows]
+        if network.config.fresh_masks:
+            network.use_degrees(*network.draw_degrees(generator))
+        else:
+            network.use_mask(step % network.config.n_masks)
+        loss = -model.conditionals_for_active_mask(batch).sum(dim=1).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
+        if config.lr_schedule == "cosine":
+            scheduler.step()
+        step += 1
+        total += loss.item() * len(batch)
+        seen += len(batch)
+        if i % 20 == 0:
+            batches.set_postfix(train_nll=f"{total / seen:.3f}")
+    return total / seen, step
 
 
 def _scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
