@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from service import checkpoint
-from tests.api.conftest import copy_version, running, save_tiny
+from tests.api.helpers import copy_version, running, save_tiny
 from tests.conftest import markov_chain
 
 SLOW_ROWS = np.random.default_rng(0).integers(0, 2, size=(1024, 128)).astype(float).tolist()
