@@ -30,16 +30,10 @@ from ..made.conditional import (
 from ..made.fast_sampling import sample_fast_from_randomness
 from ..settings import Settings
 from .batcher import Batcher, QueueBudget, Tensors, rows_of
-from .errors import APIError, InvalidInput, ModelNotReady
+from .errors import InvalidInput, ModelNotReady, NotCalibrated
 from .registry import ModelRegistry, ServedModel
 
 log = logging.getLogger("made.engine")
-
-
-class NotCalibrated(APIError):
-    """409: anomaly scoring needs calibration that this model version does not have."""
-
-    status, code = 409, "not_calibrated"
 
 
 @dataclass

@@ -8,12 +8,26 @@ from starlette.responses import Response
 
 from .. import codecs
 from ..deps import DeadlineDep, EngineDep, body_docs, read_rows_and_options, validate_options
-from ..errors import NotAcceptable
+from ..errors import (
+    ComputeFailed,
+    DeadlineExceeded,
+    InvalidInput,
+    MalformedRequest,
+    ModelNotFound,
+    ModelNotReady,
+    NotAcceptable,
+    NotCalibrated,
+    OutOfMemory,
+    PayloadTooLarge,
+    QueueFull,
+    ShuttingDown,
+    UnsupportedMediaType,
+    responses,
+)
 from ..schemas import (
     AnomalyOptions,
     AnomalyRequest,
     AnomalyResponse,
-    ErrorResponse,
     LogProbOptions,
     LogProbRequest,
     LogProbResponse,
@@ -22,10 +36,11 @@ from ..schemas import (
 )
 
 router = APIRouter(prefix="/v1/models", tags=["inference"])
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 406, 413, 415, 422, 503, 504)}
+ERRORS = (MalformedRequest, ModelNotFound, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, InvalidInput,
+          ComputeFailed, ModelNotReady, QueueFull, OutOfMemory, ShuttingDown, DeadlineExceeded)
 
 
-@router.post("/{name}/log-prob", response_model=LogProbResponse, responses=ERRORS,
+@router.post("/{name}/log-prob", response_model=LogProbResponse, responses=responses(*ERRORS),
              openapi_extra=body_docs(LogProbRequest, npy=True, query=LogProbOptions))
 async def log_prob(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """Exact log p(x) in nats for each row, from one network pass per mask (K masks average probabilities).
@@ -44,7 +59,7 @@ async def log_prob(name: str, request: Request, engine: EngineDep, deadline: Dea
     return codecs.json_response(body, headers=headers)
 
 
-@router.post("/{name}/anomaly", response_model=AnomalyResponse, responses=ERRORS | {409: {"model": ErrorResponse}},
+@router.post("/{name}/anomaly", response_model=AnomalyResponse, responses=responses(*ERRORS, NotCalibrated),
              openapi_extra=body_docs(AnomalyRequest, npy=True, query=AnomalyOptions))
 async def anomaly(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """Anomaly score (negative log-likelihood), p-value against the model's calibration data, and a flag at
@@ -67,7 +82,7 @@ async def anomaly(name: str, request: Request, engine: EngineDep, deadline: Dead
     )
 
 
-@router.post("/{name}/sample", response_model=SampleResponse, responses=ERRORS,
+@router.post("/{name}/sample", response_model=SampleResponse, responses=responses(*ERRORS),
              openapi_extra=body_docs(SampleRequest) | {"responses": {"200": {"content": {
                  codecs.JSON: {}, codecs.NPY: {}, codecs.PNG: {"schema": {"type": "string", "format": "binary"}}}}}})
 async def sample(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
