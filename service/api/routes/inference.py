@@ -93,26 +93,14 @@ async def sample(name: str, request: Request, engine: EngineDep, deadline: Deadl
     codecs.require_content_type(request, codecs.JSON)
     accept = codecs.wants(request, codecs.JSON, codecs.NPY, codecs.PNG)
     body = codecs.parse_json(await codecs.read_body(request, engine.settings.max_body_bytes))
-    options = validate_options(SampleRequest, body)
-    if accept == codecs.PNG:
-        served = engine.registry.get(name)
-        if not served.config.input_shape or len(served.config.input_shape) != 2:
-            raise NotAcceptable(f"model {name!r} has no 2-D input_shape, so it has no image form; "
-                                "ask for application/json or application/x-npy")
-    result = await engine.sample(name, options.n, options.seed, options.masks, deadline, options.observed)
+    options = validate_options(SampleRequest, body, engine.settings)
+    result = await engine.sample(name, options, deadline, image=accept == codecs.PNG)
     headers = {"X-Model-Version": str(result.version), "X-Seed": str(result.seed), "X-Masks": str(result.masks)}
-    samples = result.samples
-    likelihood = result.served.model.likelihood
-    if likelihood.name in ("bernoulli", "categorical"):
-        samples = samples.astype(np.int64)
-    if accept == codecs.PNG:
-        high = 1.0 if likelihood.name == "bernoulli" else getattr(likelihood, "categories", 0) - 1
-        low = 0.0
-        if likelihood.real_valued:
-            low, high = float(result.samples.min()), float(result.samples.max())
-        png = codecs.png_grid(result.samples, result.served.config.input_shape, low, high, observed=result.observed)
+    if result.image is not None:
+        image = result.image
+        png = codecs.png_grid(image.values, image.shape, image.low, image.high, observed=image.observed)
         return Response(png, media_type=codecs.PNG, headers=headers)
     if accept == codecs.NPY:
-        return codecs.npy_response(samples, headers)
+        return codecs.npy_response(result.samples, headers)
     return codecs.json_response({"model": name, "version": result.version, "masks": result.masks,
-                                 "seed": result.seed, "samples": samples}, headers=headers)
+                                 "seed": result.seed, "samples": result.samples}, headers=headers)
