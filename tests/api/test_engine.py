@@ -125,7 +125,7 @@ def test_a_request_is_validated_and_computed_by_one_version_across_a_reload_that
         anomaly = asyncio.ensure_future(engine.anomaly("tiny", old_rows, None, deadline))
         sample = asyncio.ensure_future(engine.sample("tiny", SampleRequest(n=2, seed=0), deadline))
         await asyncio.sleep(0.05)  # all three validated against version 1 and queued
-        save_tiny(root / "tiny" / "2", seed=2, steps=30, n_dims=10)
+        save_tiny(root / "tiny" / "2", seed=2, steps=10, n_dims=10)
         assert await engine.registry.reload("tiny")  # version 2, D=10, serves from now on
         gate.set()
         answers = await asyncio.gather(log_prob, anomaly, sample)

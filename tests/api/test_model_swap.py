@@ -21,14 +21,14 @@ ROWS = 4
 
 @pytest.fixture
 def swapping_repository(tmp_path):
-    """Version 1 (D=10) in the repository; versions 2..4 built aside, to be dropped in one by one."""
+    """Version 1 (D=10) in the repository; versions 2..4 (copies of a D=12 and the D=10 model) to be
+    dropped in one by one."""
+    built = {width: tmp_path / f"built-d{width}" for width in (10, 12)}
+    for seed, (width, path) in enumerate(built.items()):
+        save_tiny(path, seed=seed, n_dims=width, steps=10)
     root = tmp_path / "models"
-    save_tiny(root / "tiny" / "1", n_dims=WIDTHS[1], steps=30)
-    staged = {}
-    for version in (2, 3, 4):
-        staged[version] = tmp_path / f"staged-{version}"
-        save_tiny(staged[version], seed=version, n_dims=WIDTHS[version], steps=30)
-    return root, staged
+    copy_version(root, "tiny", built[WIDTHS[1]], 1)
+    return root, {version: built[WIDTHS[version]] for version in (2, 3, 4)}
 
 
 def one_request(server, operation: str, width: int):
