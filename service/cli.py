@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["fast", "reference"], default="fast",
                    help="fast: about one forward pass per sample; reference: D passes (same samples)")
     p.add_argument("--seed", type=int, default=None, help="same seed, same samples (default: random)")
-    p.add_argument("--out", required=True, help="output .npy: uint8 for bernoulli, int64 for categorical, float32 otherwise")
+    p.add_argument("--out", required=True, help="output .npy: int64 for bernoulli and categorical, float32 otherwise")
     return parser
 
 
@@ -467,11 +467,7 @@ def cmd_sample(args) -> int:
     generator = make_generator(args.seed, model.device)
     draw = sample_fast if args.sampler == "fast" else sample
     samples = draw(model, args.n, masks=masks, generator=generator).cpu().numpy()
-    if model.likelihood.name == "bernoulli":
-        samples = samples.astype(np.uint8)
-    elif model.likelihood.name == "categorical":
-        samples = samples.astype(np.int64)
-    np.save(args.out, samples)
+    np.save(args.out, model.likelihood.cast_samples(samples))  # the dtype the HTTP API answers with
     log.info("sampled", extra={"n": args.n, "masks": masks, "seed": args.seed, "sampler": args.sampler,
                                "out": args.out})
     return 0

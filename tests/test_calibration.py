@@ -10,7 +10,7 @@ import pytest
 
 from service import checkpoint
 from service.calibration import Calibration, calibrate
-from tests.api.conftest import MADE, save_tiny
+from tests.api.helpers import MADE, save_tiny
 
 
 def test_threshold_flags_the_requested_fraction_of_normal_data():

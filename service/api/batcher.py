@@ -14,8 +14,9 @@ the model off the event loop (in the compute executor) and hands each part its s
   row); on any other error each request of a shared batch is retried alone, so a poisoned request cannot
   fail its batch-mates.
 - A waiter that went away (client disconnect, deadline) leaves a done future; results are never set on it.
-- Each part reports the model version that computed it, so a request split across a version swap can be
-  recognised (and retried by the caller) rather than answered with a mix.
+- A batcher computes with one model version, the one its compute function is bound to. `Batchers` keeps
+  one per model version, operation and options, so a batch never mixes versions and every part of a
+  request is computed by the version the request was validated against.
 Payloads and results are tuples of tensors whose first dimension is the row.
 """
 
@@ -23,22 +24,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import metrics
 from .errors import APIError, ComputeFailed, DeadlineExceeded, OutOfMemory, QueueFull, ShuttingDown
 
+if TYPE_CHECKING:
+    from .registry import ServedModel
+
 log = logging.getLogger("made.batcher")
 
 Tensors = tuple[torch.Tensor, ...]
-# compute(payloads) -> (one result per payload, model version that computed them)
-Compute = Callable[[Sequence[Tensors]], tuple[list[Tensors], int]]
+Compute = Callable[[Sequence[Tensors]], list[Tensors]]  # compute(payloads) -> one result per payload
 
 
 def rows_of(payload: Tensors) -> int:
@@ -138,9 +143,8 @@ class Batcher:
             await asyncio.gather(self._loop_task, return_exceptions=True)
 
     # ---- the request side --------------------------------------------------------------------------
-    async def submit(self, payload: Tensors, deadline: float) -> tuple[Tensors, list[int]]:
-        """The result for `payload` and the model version of each part that computed it (one entry per
-        part of a split request); `deadline` is on loop.time()."""
+    async def submit(self, payload: Tensors, deadline: float) -> Tensors:
+        """The result for `payload`; `deadline` is on loop.time()."""
         if self._closed:
             raise ShuttingDown("the server is shutting down and takes no new work")
         if self.budget.waiting >= self.budget.limit:
@@ -173,7 +177,7 @@ class Batcher:
                 if not p.future.done():
                     p.future.cancel()
             self._leave_queue(request)
-        return join_rows([r for r, _ in results]), [version for _, version in results]
+        return join_rows(results)
 
     def _leave_queue(self, request: _Request) -> None:
         if request.in_queue:
@@ -249,13 +253,13 @@ class Batcher:
                 part.future.set_result(outcome)
 
     # ---- runs in the compute executor ----------------------------------------------------------------
-    def _guarded(self, payloads: list[Tensors]) -> list[tuple[Tensors, int] | APIError]:
-        """One outcome per payload: (result, version), or the error that payload must get."""
+    def _guarded(self, payloads: list[Tensors]) -> list[Tensors | APIError]:
+        """One outcome per payload: its result, or the error that payload must get."""
         try:
-            results, version = self.compute(payloads)
+            results = self.compute(payloads)
             if len(results) != len(payloads):
                 raise RuntimeError(f"compute returned {len(results)} results for {len(payloads)} requests")
-            return [(r, version) for r in results]
+            return list(results)
         except APIError as exc:  # e.g. the model became unavailable: the same answer for everyone
             return [exc] * len(payloads)
         except Exception as exc:
@@ -285,4 +289,63 @@ class Batcher:
         for half in halves:
             if isinstance(half, BaseException):
                 return [half]
-        return [(join_rows([halves[0][0], halves[1][0]]), halves[0][1])]
+        return [join_rows(halves)]
+
+
+class Batchers:
+    """Every batcher of the server: one per model version (a ServedModel snapshot), operation and options
+    such as the ensemble size, so a batch never mixes versions or options. The batchers of one model and
+    operation share one queue bound. When a model's new version gets its first batcher, the batchers of
+    the versions before it stop taking work and close once their queues are drained."""
+
+    def __init__(self, executor: Executor, *, max_batch_rows: int, max_delay_s: float,
+                 max_queue_requests: int):
+        self.executor = executor
+        self.max_batch_rows, self.max_delay_s = max_batch_rows, max_delay_s
+        self.max_queue_requests = max_queue_requests
+        # (name, operation, options) -> (the snapshot it computes with, its batcher)
+        self._current: dict[tuple, tuple[ServedModel, Batcher]] = {}
+        self._budgets: dict[tuple[str, str], QueueBudget] = {}
+        self._retiring: set[Batcher] = set()
+        self._closing: set[asyncio.Task] = set()
+
+    def get(self, served: ServedModel, operation: str, options: Hashable, compute: Compute) -> Batcher:
+        """The batcher of this snapshot, operation and options; made (with `compute`, which must compute
+        with `served`) if there is none yet. Runs on the event loop; the caller submits to it before it
+        next awaits, so a batcher is never retired between this call and the request joining its queue."""
+        key = (served.name, operation, options)
+        found = self._current.get(key)
+        if found is not None and found[0] is served:
+            return found[1]
+        self._retire_other_versions(served)
+        budget = self._budgets.setdefault((served.name, operation), QueueBudget(self.max_queue_requests))
+        batcher = Batcher(served.name, operation, compute, self.executor, max_batch_rows=self.max_batch_rows,
+                          max_delay_s=self.max_delay_s, max_queue_requests=self.max_queue_requests,
+                          budget=budget)
+        batcher.start()
+        self._current[key] = (served, batcher)
+        return batcher
+
+    def _retire_other_versions(self, served: ServedModel) -> None:
+        for key, (snapshot, batcher) in list(self._current.items()):
+            if key[0] == served.name and snapshot is not served:
+                del self._current[key]
+                self._retiring.add(batcher)
+                task = asyncio.get_running_loop().create_task(batcher.close(), name=f"retire-{served.name}")
+                self._closing.add(task)
+                task.add_done_callback(functools.partial(self._retired, batcher))
+
+    def _retired(self, batcher: Batcher, task: asyncio.Task) -> None:
+        self._retiring.discard(batcher)
+        self._closing.discard(task)
+
+    def all(self) -> list[Batcher]:
+        return [batcher for _, batcher in self._current.values()] + list(self._retiring)
+
+    @property
+    def idle(self) -> bool:
+        return all(b.idle for b in self.all())
+
+    async def close(self, timeout: float | None = None) -> None:
+        await asyncio.gather(*(b.close(timeout=timeout) for b in self.all()))
+        await asyncio.gather(*self._closing, return_exceptions=True)

@@ -115,12 +115,6 @@ def rows_from_npy(body: bytes) -> np.ndarray:
     return array
 
 
-def read_rows(request: Request, body: bytes, obj: dict | None) -> np.ndarray:
-    if content_type(request) == NPY:
-        return rows_from_npy(body)
-    return rows_from_json(obj.get("inputs") if obj else None)
-
-
 def require_content_type(request: Request, *allowed: str) -> str:
     kind = content_type(request)
     if kind not in allowed:

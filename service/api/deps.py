@@ -8,9 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from pydantic import BaseModel, ValidationError
 
+from ..settings import Settings
 from . import codecs
 from .engine import Engine
 from .errors import InvalidInput, Unauthorized
+from .schemas import REFUSED
 
 
 def get_engine(request: Request) -> Engine:
@@ -52,14 +54,19 @@ async def require_admin(request: Request, engine: EngineDep) -> None:
                            headers={"WWW-Authenticate": "Bearer"})
 
 
-def validate_options(model: type[BaseModel], values: dict):
+def validate_options(model: type[BaseModel], values: dict, settings: Settings | None = None):
+    """The options, validated by their schema; `settings` (the validation context) for limits that are
+    server settings, such as max_sample_n."""
     try:
-        return model.model_validate(values)
+        return model.model_validate(values, context=settings)
     except ValidationError as exc:
         err = exc.errors()[0]
         # pydantic puts the member of a union into the location ("observed.Observed.indices.0"): drop it
         parts = [str(p) for p in err["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p))]
         where = ".".join(parts) or "body"
+        if err["type"] == REFUSED:  # the schema's own refusal: its message, and its details (a limit)
+            details = {k: v for k, v in err["ctx"].items() if k != "message"}
+            raise InvalidInput(err["msg"], field=where, **details) from None
         raise InvalidInput(f"{where}: {err['msg']}", field=where) from None
 
 

@@ -21,8 +21,14 @@ log = logging.getLogger("made.api")
 
 
 class APIError(Exception):
+    """500: a bug, not a user error (the base of the table: every subclass below is one row of it)."""
+
     status = 500
     code = "internal_error"
+    server_fault = True  # counted under made_errors_total; False: a refused request, made_rejections_total
+    # Starlette's own HTTPException with this status (a 404 for no route, a 405, a body it cannot read)
+    # is answered with this class's code.
+    answers_http_status = False
 
     def __init__(self, message: str, headers: dict[str, str] | None = None, **details: Any):
         super().__init__(message)
@@ -35,42 +41,70 @@ class InvalidInput(APIError):
     """422: the request is well-formed but its values cannot be scored (shape, NaN, support, limits)."""
 
     status, code = 422, "invalid_input"
+    server_fault, answers_http_status = False, True
 
 
 class MalformedRequest(APIError):
     """400: the body cannot be parsed (bad JSON, a broken .npy)."""
 
     status, code = 400, "malformed_request"
+    server_fault, answers_http_status = False, True
 
 
 class Unauthorized(APIError):
     """401: an admin route without the right bearer token."""
 
     status, code = 401, "unauthorized"
+    server_fault, answers_http_status = False, True
 
 
 class ModelNotFound(APIError):
     """404: no such model in the repository."""
 
     status, code = 404, "model_not_found"
+    server_fault = False
 
 
 class NotAcceptable(APIError):
     """406: the Accept header asks for a representation this route cannot give."""
 
     status, code = 406, "not_acceptable"
+    server_fault = False
 
 
 class PayloadTooLarge(APIError):
     """413: the body is over max_body_bytes."""
 
     status, code = 413, "payload_too_large"
+    server_fault, answers_http_status = False, True
 
 
 class UnsupportedMediaType(APIError):
     """415: a Content-Type this route does not read."""
 
     status, code = 415, "unsupported_media_type"
+    server_fault, answers_http_status = False, True
+
+
+class RouteNotFound(APIError):
+    """404: no route for this path (Starlette's own 404)."""
+
+    status, code = 404, "not_found"
+    server_fault, answers_http_status = False, True
+
+
+class MethodNotAllowed(APIError):
+    """405: the route exists but not for this HTTP method."""
+
+    status, code = 405, "method_not_allowed"
+    server_fault, answers_http_status = False, True
+
+
+class NotCalibrated(APIError):
+    """409: anomaly scoring needs calibration that this model version does not have."""
+
+    status, code = 409, "not_calibrated"
+    server_fault = False
 
 
 class ComputeFailed(APIError):
@@ -83,12 +117,14 @@ class ModelNotReady(APIError):
     """503: the model exists but failed to load or is still loading."""
 
     status, code = 503, "model_not_ready"
+    server_fault = False
 
 
 class QueueFull(APIError):
     """503 with Retry-After: the model's queue is at max_queue_requests."""
 
     status, code = 503, "queue_full"
+    server_fault = False
 
 
 class OutOfMemory(APIError):
@@ -101,12 +137,14 @@ class ShuttingDown(APIError):
     """503: the server is draining after SIGTERM and takes no new work."""
 
     status, code = 503, "shutting_down"
+    server_fault = False
 
 
 class DeadlineExceeded(APIError):
     """504: the request's deadline passed while it waited in the queue; it never reached the model."""
 
     status, code = 504, "deadline_exceeded"
+    server_fault = False
 
 
 def error_response(path: str, status: int, code: str, message: str, details: dict | None = None,
@@ -118,7 +156,30 @@ def error_response(path: str, status: int, code: str, message: str, details: dic
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-SERVER_FAULTS = ("compute_failed", "out_of_memory", "internal_error")  # counted as errors; the rest as rejections
+def error_classes() -> list[type[APIError]]:
+    """Every row of the table: APIError and all its subclasses."""
+    found, pending = [], [APIError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+SERVER_FAULTS = frozenset(cls.code for cls in error_classes() if cls.server_fault)
+HTTP_CODES = {cls.status: cls.code for cls in error_classes() if cls.answers_http_status}
+
+
+def responses(*errors: type[APIError]) -> dict[int, dict]:
+    """A route's `responses=` for the errors it may answer with: per status, the error body and the
+    codes it can carry, from the classes' own docstrings."""
+    from .schemas import ErrorResponse
+
+    by_status: dict[int, list[str]] = {}
+    for cls in errors:
+        by_status.setdefault(cls.status, []).append(f"`{cls.code}`: {(cls.__doc__ or '').split(': ', 1)[-1]}")
+    return {status: {"model": ErrorResponse, "description": "; ".join(lines)}
+            for status, lines in sorted(by_status.items())}
 
 
 def count(request: Request, code: str) -> None:
@@ -133,10 +194,6 @@ def count(request: Request, code: str) -> None:
     counter.labels(model=model, reason=code).inc()
 
 
-HTTP_CODES = {400: "malformed_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-              413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input"}
-
-
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
@@ -149,8 +206,8 @@ def install(app: FastAPI) -> None:
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        count(request, "invalid_input")
-        return error_response(request.url.path, 422, "invalid_input", "; ".join(problems))
+        count(request, InvalidInput.code)
+        return error_response(request.url.path, InvalidInput.status, InvalidInput.code, "; ".join(problems))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -11,7 +11,7 @@ import logging
 import time
 
 from . import metrics
-from .errors import error_response
+from .errors import APIError, ShuttingDown, error_response
 
 log = logging.getLogger("made.access")
 errors_log = logging.getLogger("made.api")
@@ -29,8 +29,10 @@ class RequestTracking:
         engine = getattr(scope["app"].state, "engine", None) if "app" in scope else None
         path = scope["path"]
         if engine is not None and engine.draining and path not in ALWAYS_OPEN:
-            metrics.REJECTIONS.labels(model="", reason="shutting_down").inc()  # before routing: no model label
-            response = error_response(path, 503, "shutting_down", "the server is shutting down; retry elsewhere",
+            # before routing: no model label
+            metrics.REJECTIONS.labels(model="", reason=ShuttingDown.code).inc()
+            response = error_response(path, ShuttingDown.status, ShuttingDown.code,
+                                      "the server is shutting down; retry elsewhere",
                                       headers={"Connection": "close", "Retry-After": "1"})
             return await response(scope, receive, send)
 
@@ -51,9 +53,10 @@ class RequestTracking:
             await self.app(scope, receive, send_wrapper)
         except Exception:  # a bug, not a user error: logged once, answered as JSON, the server goes on
             errors_log.exception("unhandled error", extra={"method": scope["method"], "path": path})
-            metrics.ERRORS.labels(model="", reason="internal_error").inc()
+            metrics.ERRORS.labels(model="", reason=APIError.code).inc()
             if not responded:
-                response = error_response(path, 500, "internal_error", "internal error; see the server log")
+                response = error_response(path, APIError.status, APIError.code,
+                                          "internal error; see the server log")
                 await response(scope, receive, send_wrapper)
         finally:
             if engine is not None:

@@ -85,7 +85,6 @@ class ModelRegistry:
         self.device = device
         self.loader = loader
         self.entries: dict[str, ModelEntry] = {}
-        self.reloads = 0  # completed reload attempts (for tests and logs)
 
     # ---- the repository ----------------------------------------------------------------------------
     def versions(self, name: str) -> list[int]:
@@ -183,7 +182,6 @@ class ModelRegistry:
             metrics.set_model_state(name, entry.state)
             log.error("model failed to load", extra={"model": name, "version": version, "error": str(exc),
                                                      "serving": entry.current.version if entry.current else None})
-            self.reloads += 1
             return False
         seconds = time.perf_counter() - started
         previous = entry.current
@@ -200,7 +198,6 @@ class ModelRegistry:
         metrics.MODEL_INFO.labels(name, str(version), config.likelihood.name, str(self.device)).set(1)
         log.info("model ready", extra={"model": name, "version": version, "seconds": round(seconds, 3),
                                        "replaced": previous.version if previous else None})
-        self.reloads += 1
         return True
 
     def _load(self, path: Path) -> tuple[Density, CheckpointConfig]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 Rows = Annotated[
     list[list[float | None]],
@@ -16,6 +18,15 @@ Rows = Annotated[
           examples=[[[0, 1, 1, 0], [1, 1, 0, 0]]]),
 ]
 Masks = Annotated[int | None, Field(ge=1, description="ensemble size K (default: the model's); <= stored masks")]
+
+
+REFUSED = "refused"  # the type of a refusal: validate_options shows its message as is, with its details
+
+
+def refusal(message: str, **details: Any) -> PydanticCustomError:
+    """A validation error that reads like the service's own (no "Value error," prefix), with details such
+    as the limit that was exceeded."""
+    return PydanticCustomError(REFUSED, "{message}", {"message": message, **details})
 
 
 class Strict(BaseModel):
@@ -63,6 +74,24 @@ class Observed(Strict):
     indices: list[Annotated[int, Field(ge=0)]] = Field(description="observed dimensions, counting from 0")
     values: list[float] = Field(description="their values, in the same order")
 
+    @model_validator(mode="after")
+    def _one_value_per_dimension(self):
+        if len(self.indices) != len(self.values):
+            raise refusal(f"observed has {len(self.indices)} indices but {len(self.values)} values")
+        if len(set(self.indices)) != len(self.indices):
+            raise refusal("observed.indices repeats a dimension")
+        return self
+
+    def row(self, n_dims: int) -> np.ndarray:
+        """(D,) float64, NaN where a value is to be drawn; ValueError if it does not fit D dimensions."""
+        if self.indices and max(self.indices) >= n_dims:
+            raise ValueError(f"observed index {max(self.indices)} is out of range for {n_dims} dimensions")
+        row = np.full(n_dims, np.nan)
+        row[self.indices] = self.values
+        if np.isnan(row[self.indices]).any():
+            raise ValueError("observed.values must be numbers")
+        return row
+
 
 class SampleRequest(Strict):
     n: Annotated[int, Field(ge=1, description="number of samples (<= max_sample_n)")]
@@ -71,6 +100,31 @@ class SampleRequest(Strict):
                           "null where a value is to be drawn; samples keep the observed values exactly")
     seed: Annotated[int | None, Field(ge=0, lt=2**63, description="same seed, same samples (default: random)")] = None
     masks: Masks = None
+
+    @field_validator("n")
+    @classmethod
+    def _at_most_max_sample_n(cls, n: int, info: ValidationInfo) -> int:
+        """The upper bound is a server setting: the Settings come as the validation context."""
+        limit = getattr(info.context, "max_sample_n", None)
+        if limit is not None and n > limit:
+            raise refusal(f"n must be between 1 and {limit}, got {n}", limit=limit)
+        return n
+
+    def observed_row(self, n_dims: int) -> np.ndarray | None:
+        """(D,) float64 with NaN where a value is to be drawn (None: unconditional sampling); ValueError if
+        `observed` does not fit a model of D dimensions or leaves nothing to draw."""
+        if self.observed is None:
+            return None
+        if isinstance(self.observed, Observed):
+            row = self.observed.row(n_dims)
+        elif len(self.observed) != n_dims:
+            raise ValueError(f"observed has {len(self.observed)} values; the model expects {n_dims} "
+                             "(null where a value is to be drawn)")
+        else:
+            row = np.array([np.nan if v is None else v for v in self.observed], dtype=np.float64)
+        if not np.isnan(row).any():
+            raise ValueError("observed gives every dimension: there is nothing left to sample")
+        return row
 
 
 class SampleResponse(BaseModel):

@@ -67,6 +67,16 @@ class Likelihood:
     def spec(self) -> dict:
         return {"name": self.name}
 
+    # How samples are handed out: their numpy dtype (None: the model's float dtype, as computed) ...
+    sample_dtype: str | None = None
+
+    def cast_samples(self, samples):  # numpy (n, D) -> numpy (n, D) of sample_dtype
+        return samples if self.sample_dtype is None else samples.astype(self.sample_dtype)
+
+    # ... and the value range of an image of them (None: real-valued, the range comes from the samples).
+    def value_range(self) -> tuple[float, float] | None:
+        return None
+
 
 class Bernoulli(Likelihood):
     """Binary data: one logit per dimension."""
@@ -88,6 +98,11 @@ class Bernoulli(Likelihood):
 
     def in_support(self, x):
         return (x == 0) | (x == 1)
+
+    sample_dtype = "int64"  # integers, like categorical samples: JSON shows 0/1, .npy holds int64
+
+    def value_range(self):
+        return 0.0, 1.0
 
 
 class Categorical(Likelihood):
@@ -113,6 +128,11 @@ class Categorical(Likelihood):
 
     def spec(self):
         return {"name": self.name, "categories": self.categories}
+
+    sample_dtype = "int64"
+
+    def value_range(self):
+        return 0.0, float(self.categories - 1)
 
 
 class Gaussian(Likelihood):

@@ -1,57 +1,13 @@
-"""Integration harness: small models in a temporary model repository, and the real server as a
-subprocess (`made serve`, the container's command) on 127.0.0.1 and a free port."""
+"""Integration fixtures: small models in a temporary model repository, and the real server as a
+subprocess on 127.0.0.1 and a free port (the plain helpers live in tests/api/helpers.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
-import torch
 
-from service import calibration, checkpoint
-from service.made import build
-from tests.helpers import markov_chain, take_training_steps
-
-MADE = str(Path(sys.executable).parent / "made")
-SERVE_COMMAND = [MADE, "serve"]
-
-
-def save_tiny(path: Path, seed: int = 0, steps: int = 200, **options) -> None:
-    """A calibrated binary model over D=8 (2x4 'images'), order- and connectivity-agnostic, 4 masks."""
-    torch.manual_seed(seed)
-    settings = dict(hidden_sizes=(32, 32), n_masks=4, eval_masks=2, order="random", direct_connections=True,
-                    mask_conditioning=True, seed=seed) | options
-    model = build(8, "bernoulli", **settings)
-    data = markov_chain(400, 8, seed=seed)
-    take_training_steps(model, data, steps=steps)
-    K = model.network.config.eval_masks
-    calibrated = calibration.calibrate(calibration.scores_of(model, markov_chain(300, 8, seed=seed + 1), K), K)
-    checkpoint.save(model, path, input_shape=[2, 4], calibration=calibrated, training={"seed": seed})
-
-
-def save_slow(path: Path) -> None:
-    """A deliberately heavy model (untrained): one request with masks=32 and 1024 rows takes seconds on
-    two CPU cores, which makes queueing, deadlines and draining observable."""
-    torch.manual_seed(0)
-    model = build(128, "bernoulli", hidden_sizes=(2048, 2048), n_masks=32, eval_masks=1, order="random")
-    checkpoint.save(model, path)
-
-
-def save_gaussian(path: Path) -> None:
-    torch.manual_seed(0)
-    data = torch.randn(300, 3) * torch.tensor([1.0, 2.0, 0.5]) + 4
-    model = build(3, "gaussian", hidden_sizes=(16,), shift=data.mean(0), scale=data.std(0))
-    take_training_steps(model, data, steps=20)
-    checkpoint.save(model, path)
+from tests.api.helpers import running, save_gaussian, save_slow, save_tiny
 
 
 @pytest.fixture(scope="session")
@@ -70,82 +26,8 @@ def slow_repository(tmp_path_factory) -> Path:
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, repository: Path, *flags: str, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = repository.parent / f"server-{self.port}.log"
-        environment = {**os.environ, "OMP_NUM_THREADS": "2", "MADE_LOG_LEVEL": "warning"} | (env or {})
-        environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [*SERVE_COMMAND, "--model-repository", str(repository), "--port", str(self.port), *flags],
-            env=environment, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if self.client.get("/readyz").status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log_path.read_text()}")
-
-    def metric(self, name: str, **labels) -> float:
-        """Sum of the samples of `name` whose labels include `labels`."""
-        total = 0.0
-        for line in self.client.get("/metrics").text.splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.client.close()
-        self.log.close()
-        return self.process.returncode
-
-
-@contextlib.contextmanager
-def running(repository: Path, *flags: str, env: dict | None = None, ready: bool = True):
-    server = Server(repository, *flags, env=env)
-    try:
-        if ready:
-            server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="module")
 def server(repository):
     with running(repository, env={"MADE_MAX_REQUEST_ROWS": "2000", "MADE_MAX_SAMPLE_N": "500",
                                   "MADE_MAX_BODY_BYTES": "200000", "MADE_ADMIN_TOKEN": "s3cret"}) as s:
         yield s
-
-
-def copy_version(repository: Path, name: str, source: Path, version: int) -> Path:
-    """Drop a version into the repository the way an operator should: build aside, rename into place."""
-    staging = repository / name / f".staging-{version}"
-    shutil.copytree(source, staging)
-    target = repository / name / str(version)
-    staging.rename(target)
-    return target

@@ -6,11 +6,12 @@ import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import pytest
 import torch
 
-from service.api.batcher import Batcher
+from service.api.batcher import Batcher, Batchers
 from service.api.errors import ComputeFailed, DeadlineExceeded, OutOfMemory, QueueFull, ShuttingDown
 
 
@@ -35,7 +36,7 @@ class Recorder:
         self.batches.append(rows)
         self.values += x.flatten().tolist()
         time.sleep(self.delay)
-        return [(y,) for y in (2 * x).split(rows)], 7
+        return [(y,) for y in (2 * x).split(rows)]
 
 
 def make(compute, **options):
@@ -73,14 +74,14 @@ def test_concurrent_requests_merge_and_get_their_own_rows_back():
         return results
 
     results = run(main())
-    for i, (result, versions) in enumerate(results):
-        assert versions == [7] and torch.equal(result[0], 2 * rows(100 * i, 3))
+    for i, result in enumerate(results):
+        assert torch.equal(result[0], 2 * rows(100 * i, 3))
     assert len(compute.batches) < 10 and sum(map(sum, compute.batches)) == 30  # merged, nothing lost
 
 
 def test_big_requests_are_split_never_refused_and_come_back_in_order():
     compute = Recorder()
-    (result,), _ = run(submit_once(compute, 100, max_batch_rows=16))
+    (result,) = run(submit_once(compute, 100, max_batch_rows=16))
     assert torch.equal(result, 2 * rows(0, 100))
     assert max(sum(b) for b in compute.batches) <= 16
 
@@ -148,7 +149,7 @@ def test_deadline_in_queue_gives_504_and_never_reaches_the_model():
 
 def test_out_of_memory_is_retried_in_halves():
     compute = Recorder(oom_above=10)
-    (result,), _ = run(submit_once(compute, 40))
+    (result,) = run(submit_once(compute, 40))
     assert torch.equal(result, 2 * rows(0, 40))
     assert max(sum(b) for b in compute.batches) <= 10
 
@@ -171,7 +172,7 @@ def test_a_poisoned_request_fails_alone():
     results = run(main())
     assert isinstance(results[1], ComputeFailed)  # rows 10..14 hold the poison 13
     for i in (0, 2, 3):
-        assert torch.equal(results[i][0][0], 2 * rows(10 * i, 5))
+        assert torch.equal(results[i][0], 2 * rows(10 * i, 5))
 
 
 def test_cancelled_waiters_do_not_break_the_loop_and_closed_batchers_refuse():
@@ -190,7 +191,7 @@ def test_cancelled_waiters_do_not_break_the_loop_and_closed_batchers_refuse():
             await batcher.submit((rows(0, 1),), deadline)
         return survivor
 
-    (result,), _ = run(main())
+    (result,) = run(main())
     assert torch.equal(result, 2 * rows(5, 2))
 
 
@@ -245,24 +246,79 @@ def test_close_with_a_timeout_refuses_what_is_still_queued():
     run(main())
 
 
-def test_split_requests_report_each_part_version_and_the_engine_retries_a_mixed_answer():
-    from service.api.engine import Engine
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """Stands in for a ServedModel: Batchers tell versions apart by the snapshot object itself."""
 
-    calls = []
+    name: str
+    version: int
 
-    def versioned(payloads):  # version 1 for the first model call, then 2: a swap between parts
-        calls.append(len(payloads))
-        x = torch.cat([p[0] for p in payloads])
-        return [(y,) for y in (2 * x).split([int(p[0].shape[0]) for p in payloads])], 1 if len(calls) == 1 else 2
+
+def bound_to(snapshot: Snapshot, oom_above: int | None = None):
+    """A compute function bound to one snapshot: it answers each row with the snapshot's version, and
+    records (version, rows) per batch."""
+    batches = []
+
+    def compute(payloads):
+        sizes = [int(p[0].shape[0]) for p in payloads]
+        if oom_above is not None and sum(sizes) > oom_above:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        batches.append((snapshot.version, sum(sizes)))
+        return [(torch.full((n, 1), float(snapshot.version)),) for n in sizes]
+
+    compute.batches = batches
+    return compute
+
+
+def make_batchers(**options):
+    settings = dict(max_batch_rows=64, max_delay_s=0.05, max_queue_requests=100) | options
+    return Batchers(ThreadPoolExecutor(1), **settings)
+
+
+def test_a_batch_never_mixes_versions_and_an_old_version_drains_then_closes():
+    old, new = Snapshot("m", 1), Snapshot("m", 2)
+    old_compute, new_compute = bound_to(old), bound_to(new)
 
     async def main():
-        batcher = make(versioned, max_batch_rows=4, max_delay_s=0.0)
-        batcher.start()
+        batchers = make_batchers()
         deadline = asyncio.get_running_loop().time() + 5
-        (result,), version = await Engine.submit_consistent(batcher, (rows(0, 8),), deadline)
-        await batcher.close()
-        return result, version
+        old_batcher = batchers.get(old, "op", 1, old_compute)
+        queued_on_old = [asyncio.ensure_future(old_batcher.submit((rows(i, 3),), deadline)) for i in range(3)]
+        await asyncio.sleep(0)  # queued, still collecting its batch
+        new_batcher = batchers.get(new, "op", 1, new_compute)  # the swap: the old batcher retires
+        on_new = await asyncio.gather(*(new_batcher.submit((rows(i, 3),), deadline) for i in range(3)))
+        on_old = await asyncio.gather(*queued_on_old)
+        again = batchers.get(new, "op", 1, bound_to(new))
+        for _ in range(500):  # the retired batcher's close finishes (polled, bounded: no timing asserted)
+            if batchers.all() == [new_batcher]:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(ShuttingDown):  # retired: it takes no new work
+            await old_batcher.submit((rows(0, 1),), deadline)
+        left = batchers.all()
+        await batchers.close()
+        return on_old, on_new, again is new_batcher, left == [new_batcher]
 
-    result, version = run(main())
-    assert version == 2 and torch.equal(result, 2 * rows(0, 8))
-    assert len(calls) >= 3  # the first answer mixed versions 1 and 2, so it was computed again
+    on_old, on_new, reused, only_the_new_one_left = run(main())
+    assert all(torch.equal(r[0], torch.full((3, 1), 1.0)) for r in on_old)  # validated on 1, computed by 1
+    assert all(torch.equal(r[0], torch.full((3, 1), 2.0)) for r in on_new)
+    assert {v for v, _ in old_compute.batches} == {1} and {v for v, _ in new_compute.batches} == {2}
+    assert sum(n for _, n in old_compute.batches) == 9 and sum(n for _, n in new_compute.batches) == 9
+    assert reused and only_the_new_one_left
+
+
+def test_out_of_memory_halves_of_one_request_come_back_whole_from_its_version():
+    snapshot = Snapshot("m", 3)
+    compute = bound_to(snapshot, oom_above=5)
+
+    async def main():
+        batchers = make_batchers()
+        batcher = batchers.get(snapshot, "op", 1, compute)
+        try:
+            return await batcher.submit((rows(0, 20),), asyncio.get_running_loop().time() + 5)
+        finally:
+            await batchers.close()
+
+    (result,) = run(main())
+    assert torch.equal(result, torch.full((20, 1), 3.0))
+    assert sum(n for _, n in compute.batches) == 20 and max(n for _, n in compute.batches) <= 5

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from service import checkpoint
-from tests.api.conftest import MADE
+from tests.api.helpers import MADE
 from tests.helpers import all_binary, markov_chain
 
 JSON = {"content-type": "application/json"}

@@ -152,7 +152,7 @@ def test_bad_requests_do_not_affect_anyone_else(server):
 
 
 def test_too_many_missing_patterns_are_refused(repository):
-    from tests.api.conftest import running
+    from tests.api.helpers import running
 
     with running(repository, env={"MADE_MAX_MISSING_PATTERNS": "3"}) as server:
         rows = [[None if i == j else 0 for i in range(8)] for j in range(4)]  # 4 distinct patterns

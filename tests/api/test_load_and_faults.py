@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from service import checkpoint
-from tests.api.conftest import copy_version, running, save_tiny
+from tests.api.helpers import copy_version, running, save_tiny
 from tests.helpers import markov_chain
 
 SLOW_ROWS = np.random.default_rng(0).integers(0, 2, size=(1024, 128)).astype(float).tolist()
@@ -100,8 +100,9 @@ def test_reload_under_load_fails_no_request_and_a_bad_version_keeps_the_old_one(
 
     def hammer(server):
         while not stop.is_set():
+            sent = time.monotonic()
             r = server.client.post("/v1/models/tiny/log-prob", json={"inputs": rows.tolist()})
-            answers.append((r.status_code, r.json()))
+            answers.append((r.status_code, r.json(), sent, time.monotonic()))
 
     with running(root, env={"MADE_RELOAD_POLL_S": "0.2", "MADE_ADMIN_TOKEN": "s3cret"}) as server:
         with ThreadPoolExecutor(4) as pool:
@@ -126,11 +127,16 @@ def test_reload_under_load_fails_no_request_and_a_bad_version_keeps_the_old_one(
     assert accepted.status_code == 202 and accepted.json() == {"model": "tiny", "status": "loading", "version": 3}
     assert info["version"] == 2 and info["status"] == "ready" and "corrupt or truncated" in info["last_error"]
     assert failed_loads >= 2  # found by the watcher, then asked for by the reload route
-    statuses = [status for status, _ in answers]
+    statuses = [status for status, *_ in answers]
     assert len(answers) > 20 and statuses.count(200) == len(statuses), set(statuses)
-    versions = [body["version"] for _, body in answers]
-    assert versions[0] == 1 and versions[-1] == 2 and sorted(versions) == versions  # one switch, never back
-    for _, body in answers:  # every answer is the one of the version it names
+    versions = [body["version"] for _, body, *_ in answers]
+    assert versions[0] == 1 and versions[-1] == 2
+    # One switch, never back: a request sent after a version-2 answer arrived is answered by version 2. (A
+    # request that arrived before the swap is answered by version 1, the version it was validated against,
+    # even if that answer completes after the first version-2 answer.)
+    first_v2_answered = min(received for _, body, _, received in answers if body["version"] == 2)
+    assert all(body["version"] == 2 for _, body, sent, _ in answers if sent > first_v2_answered)
+    for _, body, *_ in answers:  # every answer is the one of the version it names
         np.testing.assert_allclose(body["log_prob"], expected[body["version"]], atol=1e-5)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import running, save_tiny
+from tests.api.helpers import running, save_tiny
 
 
 @pytest.fixture(scope="session")

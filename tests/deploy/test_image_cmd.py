@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.conftest import SERVE_COMMAND, free_port
+from tests.api.helpers import SERVE_COMMAND, free_port
 from tests.deploy.support import VENV_BIN, parse_dockerfile
 
 LOOPBACK_OVERRIDES = ("MADE_HOST", "MADE_PORT", "MADE_MODEL_REPOSITORY")

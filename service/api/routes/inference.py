@@ -8,12 +8,26 @@ from starlette.responses import Response
 
 from .. import codecs
 from ..deps import DeadlineDep, EngineDep, body_docs, read_rows_and_options, validate_options
-from ..errors import NotAcceptable
+from ..errors import (
+    ComputeFailed,
+    DeadlineExceeded,
+    InvalidInput,
+    MalformedRequest,
+    ModelNotFound,
+    ModelNotReady,
+    NotAcceptable,
+    NotCalibrated,
+    OutOfMemory,
+    PayloadTooLarge,
+    QueueFull,
+    ShuttingDown,
+    UnsupportedMediaType,
+    responses,
+)
 from ..schemas import (
     AnomalyOptions,
     AnomalyRequest,
     AnomalyResponse,
-    ErrorResponse,
     LogProbOptions,
     LogProbRequest,
     LogProbResponse,
@@ -22,10 +36,11 @@ from ..schemas import (
 )
 
 router = APIRouter(prefix="/v1/models", tags=["inference"])
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 406, 413, 415, 422, 503, 504)}
+ERRORS = (MalformedRequest, ModelNotFound, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, InvalidInput,
+          ComputeFailed, ModelNotReady, QueueFull, OutOfMemory, ShuttingDown, DeadlineExceeded)
 
 
-@router.post("/{name}/log-prob", response_model=LogProbResponse, responses=ERRORS,
+@router.post("/{name}/log-prob", response_model=LogProbResponse, responses=responses(*ERRORS),
              openapi_extra=body_docs(LogProbRequest, npy=True, query=LogProbOptions))
 async def log_prob(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """Exact log p(x) in nats for each row, from one network pass per mask (K masks average probabilities).
@@ -44,7 +59,7 @@ async def log_prob(name: str, request: Request, engine: EngineDep, deadline: Dea
     return codecs.json_response(body, headers=headers)
 
 
-@router.post("/{name}/anomaly", response_model=AnomalyResponse, responses=ERRORS | {409: {"model": ErrorResponse}},
+@router.post("/{name}/anomaly", response_model=AnomalyResponse, responses=responses(*ERRORS, NotCalibrated),
              openapi_extra=body_docs(AnomalyRequest, npy=True, query=AnomalyOptions))
 async def anomaly(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """Anomaly score (negative log-likelihood), p-value against the model's calibration data, and a flag at
@@ -67,7 +82,7 @@ async def anomaly(name: str, request: Request, engine: EngineDep, deadline: Dead
     )
 
 
-@router.post("/{name}/sample", response_model=SampleResponse, responses=ERRORS,
+@router.post("/{name}/sample", response_model=SampleResponse, responses=responses(*ERRORS),
              openapi_extra=body_docs(SampleRequest) | {"responses": {"200": {"content": {
                  codecs.JSON: {}, codecs.NPY: {}, codecs.PNG: {"schema": {"type": "string", "format": "binary"}}}}}})
 async def sample(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
@@ -78,26 +93,14 @@ async def sample(name: str, request: Request, engine: EngineDep, deadline: Deadl
     codecs.require_content_type(request, codecs.JSON)
     accept = codecs.wants(request, codecs.JSON, codecs.NPY, codecs.PNG)
     body = codecs.parse_json(await codecs.read_body(request, engine.settings.max_body_bytes))
-    options = validate_options(SampleRequest, body)
-    if accept == codecs.PNG:
-        served = engine.registry.get(name)
-        if not served.config.input_shape or len(served.config.input_shape) != 2:
-            raise NotAcceptable(f"model {name!r} has no 2-D input_shape, so it has no image form; "
-                                "ask for application/json or application/x-npy")
-    result = await engine.sample(name, options.n, options.seed, options.masks, deadline, options.observed)
+    options = validate_options(SampleRequest, body, engine.settings)
+    result = await engine.sample(name, options, deadline, image=accept == codecs.PNG)
     headers = {"X-Model-Version": str(result.version), "X-Seed": str(result.seed), "X-Masks": str(result.masks)}
-    samples = result.samples
-    likelihood = result.served.model.likelihood
-    if likelihood.name in ("bernoulli", "categorical"):
-        samples = samples.astype(np.int64)
-    if accept == codecs.PNG:
-        high = 1.0 if likelihood.name == "bernoulli" else getattr(likelihood, "categories", 0) - 1
-        low = 0.0
-        if likelihood.real_valued:
-            low, high = float(result.samples.min()), float(result.samples.max())
-        png = codecs.png_grid(result.samples, result.served.config.input_shape, low, high, observed=result.observed)
+    if result.image is not None:
+        image = result.image
+        png = codecs.png_grid(image.values, image.shape, image.low, image.high, observed=image.observed)
         return Response(png, media_type=codecs.PNG, headers=headers)
     if accept == codecs.NPY:
-        return codecs.npy_response(samples, headers)
+        return codecs.npy_response(result.samples, headers)
     return codecs.json_response({"model": name, "version": result.version, "masks": result.masks,
-                                 "seed": result.seed, "samples": samples}, headers=headers)
+                                 "seed": result.seed, "samples": result.samples}, headers=headers)

@@ -46,7 +46,7 @@ async def model_metadata(name: str, engine: EngineDep) -> V2ModelMetadata:
         name=name,
         versions=[str(v) for v in engine.registry.versions(name)],
         platform="pytorch_made",
-        inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, served.model.n_dims]}],
+        inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, served.config.n_dims]}],
         outputs=[{"name": "log_prob", "datatype": "FP64", "shape": [-1]}],
     )
 

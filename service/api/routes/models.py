@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from ..deps import EngineDep, require_admin
+from ..errors import ModelNotFound, Unauthorized, responses
 from ..registry import ModelEntry, ModelRegistry
-from ..schemas import ErrorResponse, MasksInfo, ModelInfo, ModelList, ReloadResponse
+from ..schemas import MasksInfo, ModelInfo, ModelList, ReloadResponse
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -42,7 +43,7 @@ async def list_models(engine: EngineDep) -> ModelList:
     return ModelList(models=[describe(registry, e) for e in registry.entries.values()])
 
 
-@router.get("/{name}", response_model=ModelInfo, responses={404: {"model": ErrorResponse}})
+@router.get("/{name}", response_model=ModelInfo, responses=responses(ModelNotFound))
 async def get_model(name: str, engine: EngineDep) -> ModelInfo:
     """One model: version, likelihood, dimensions, input shape, masks, device, status, training record and
     calibration summary."""
@@ -51,7 +52,7 @@ async def get_model(name: str, engine: EngineDep) -> ModelInfo:
 
 @router.post("/{name}/reload", status_code=202, response_model=ReloadResponse,
              dependencies=[Depends(require_admin)],
-             responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
+             responses=responses(Unauthorized, ModelNotFound))
 async def reload_model(name: str, engine: EngineDep) -> ReloadResponse:
     """Load the model's newest (or pinned) version in the background and swap it in atomically; the current
     version serves until then, and keeps serving if the load fails. Needs the admin token if one is set."""

@@ -1,0 +1,65 @@
+"""The model calls behind the batchers: each compute function is bound to one ServedModel snapshot, runs in
+the compute thread, and turns one batch of payloads into one result per payload."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..made import Randomness
+from ..made.conditional import ConditionalRandomness, marginal_log_prob, sample_conditional_from_randomness
+from ..made.fast_sampling import sample_fast_from_randomness
+from .batcher import Compute, Tensors, rows_of
+from .registry import ServedModel
+
+
+def concat(payloads: Sequence[Tensors]) -> tuple[torch.Tensor, ...]:
+    """The payloads' tensors joined along the rows, one tensor per position."""
+    return tuple(torch.cat(ts) for ts in zip(*payloads, strict=True))
+
+
+def log_prob(served: ServedModel, masks: int, per_dimension: bool, marginal: bool) -> Compute:
+    """Payload (x,): float64 results (log p(x),), or (log p(x), (N, D) conditionals) with per_dimension;
+    with `marginal`, NaN entries of x are marginalised out."""
+
+    def compute(payloads: Sequence[Tensors]) -> list[Tensors]:
+        sizes = [rows_of(p) for p in payloads]
+        x = torch.cat([p[0] for p in payloads]).to(served.device)
+        with torch.inference_mode():
+            if marginal:
+                outputs = (marginal_log_prob(served.model, x, masks=masks).double(),)
+            elif per_dimension:
+                conditionals = served.model.conditional_log_probs(x, masks=masks).double()
+                outputs = (conditionals.sum(dim=1), conditionals)
+            else:
+                outputs = (served.model.log_prob(x, masks=masks).double(),)
+        split = [t.cpu().split(sizes) for t in outputs]
+        return [tuple(s[i] for s in split) for i in range(len(sizes))]
+
+    return compute
+
+
+def sample(served: ServedModel, cuda_graphs: bool) -> Compute:
+    """Payload: one request's Randomness (drawn when it arrived, so merging does not change its samples)."""
+
+    def compute(payloads: Sequence[Tensors]) -> list[Tensors]:
+        sizes = [rows_of(p) for p in payloads]
+        randomness = Randomness(*concat(payloads))
+        samples = sample_fast_from_randomness(served.model, randomness, cuda_graphs).cpu()
+        return [(s,) for s in samples.split(sizes)]
+
+    return compute
+
+
+def conditional_sample(served: ServedModel, masks: int) -> Compute:
+    """Payload (given (n, D) with NaN where a value is drawn, mask_u, noise): completions of `given`."""
+
+    def compute(payloads: Sequence[Tensors]) -> list[Tensors]:
+        sizes = [rows_of(p) for p in payloads]
+        given, mask_u, noise = concat(payloads)
+        randomness = ConditionalRandomness(mask_u, noise)
+        samples = sample_conditional_from_randomness(served.model, given, randomness, masks=masks).cpu()
+        return [(s,) for s in samples.split(sizes)]
+
+    return compute

@@ -1,0 +1,100 @@
+"""Checks of one request against the one model version that will compute it (a ServedModel snapshot), made
+before anything is queued so a bad request never fails its batch-mates. What a request's schema can check
+on its own (ranges, {indices, values} pairs, max_sample_n) is checked by the schema (schemas.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..calibration import Calibration
+from ..data import DataError, validate
+from ..made.conditional import ConditioningError, check_observed
+from .errors import InvalidInput, NotAcceptable, NotCalibrated
+from .registry import ServedModel
+from .schemas import SampleRequest
+
+
+def rows(served: ServedModel, rows: np.ndarray, max_rows: int, allow_missing: bool = False,
+         field: str = "inputs") -> torch.Tensor:
+    """(N, D) rows as the model's tensor: at most `max_rows`, D wide, in the likelihood's support."""
+    if rows.shape[0] > max_rows:
+        raise InvalidInput(f"{rows.shape[0]} rows in one request; the limit is {max_rows}", limit=max_rows)
+    try:
+        return validate(rows, served.model.likelihood, served.model.n_dims, source=field,
+                        allow_missing=allow_missing)
+    except DataError as exc:
+        details = {k: v for k, v in (("row", exc.row), ("column", exc.column)) if v is not None}
+        raise InvalidInput(str(exc), field=field, **details) from None
+
+
+def complete_rows(rows: np.ndarray) -> None:
+    if np.isnan(rows).any():
+        raise InvalidInput("anomaly scores need complete rows: the calibration is of full rows, so a "
+                           "marginal likelihood would not be comparable (use log-prob for missing values)",
+                           field="inputs")
+
+
+def masks(served: ServedModel, masks: int | None) -> int:
+    """The ensemble size K to use: the model's default, or the one asked for if the model has it."""
+    try:
+        return served.model.resolve_masks(masks)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="masks") from None
+
+
+def per_dimension(served: ServedModel, masks: int) -> None:
+    """Per-dimension conditionals of an ensemble are only defined when its masks share one ordering."""
+    if masks > 1 and not served.shares_ordering(masks):
+        raise InvalidInput(
+            f"per-dimension conditionals of a {masks}-mask ensemble need masks that share one ordering; "
+            "this model's masks use different orderings (ask for masks=1)", field="per_dimension")
+
+
+def conditioning(served: ServedModel, observed: torch.Tensor, masks: int, max_patterns: int,
+                 field: str) -> None:
+    """Refuse what the model cannot condition on: too many distinct missing patterns (each costs a network
+    pass per mask), or, for a fixed-order model, an observed set that is not a prefix of its ordering
+    (conditional.check_observed). `observed` is (N, D) bool."""
+    patterns = torch.unique(observed, dim=0)
+    if len(patterns) > max_patterns:
+        raise InvalidInput(f"{len(patterns)} distinct patterns of missing values in one request; "
+                           f"the limit is {max_patterns}", field=field, limit=max_patterns)
+    try:
+        check_observed(served.model, patterns, masks)
+    except ConditioningError as exc:
+        raise InvalidInput(str(exc), field=field) from None
+
+
+def missing_values(served: ServedModel, missing: torch.Tensor, masks: int, per_dimension: bool,
+                   max_patterns: int) -> None:
+    """Rows with missing values ((N, D) bool `missing`) are scored by their marginal likelihood: never with
+    per-dimension conditionals, and only for patterns the model can condition on."""
+    if per_dimension:
+        raise InvalidInput("per_dimension cannot be combined with missing (null) values",
+                           field="per_dimension")
+    conditioning(served, ~missing, masks, max_patterns, field="inputs")
+
+
+def calibration(served: ServedModel) -> Calibration:
+    if served.calibration is None:
+        raise NotCalibrated(f"model {served.name!r} version {served.version} has no anomaly calibration; "
+                            "run `made calibrate --model DIR --data FILE`")
+    return served.calibration
+
+
+def observed_row(served: ServedModel, request: SampleRequest) -> np.ndarray | None:
+    """The request's `observed` as a (D,) row with NaN where a value is to be drawn, or None."""
+    try:
+        return request.observed_row(served.model.n_dims)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="observed") from None
+
+
+def image_shape(served: ServedModel) -> list[int]:
+    """(height, width) of the model's samples as images; 406 for a model without a 2-D input shape."""
+    shape = served.config.input_shape
+    if not shape or len(shape) != 2:
+        raise NotAcceptable(f"model {served.name!r} has no 2-D input_shape, so it has no image form; "
+                            "ask for application/json or application/x-npy")
+    return shape

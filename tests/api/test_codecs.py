@@ -1,0 +1,82 @@
+"""Request bodies in and response bodies out: rows from JSON and .npy, Accept negotiation, PNG grids."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.requests import Request
+
+from service.api import codecs
+from service.api.errors import InvalidInput, MalformedRequest, NotAcceptable
+
+
+def request_with(**headers) -> Request:
+    raw = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": raw})
+
+
+def npy(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array))
+    return buffer.getvalue()
+
+
+def test_json_rows_keep_integers_turn_booleans_to_bits_and_nulls_to_nan():
+    assert codecs.rows_from_json([[0, 1], [1, 1]]).dtype == np.int64
+    assert codecs.rows_from_json([[True, False]]).tolist() == [[1, 0]]
+    assert codecs.rows_from_json([[True, False]]).dtype == np.uint8
+    rows = codecs.rows_from_json([[0.5, None]])
+    assert rows[0, 0] == 0.5 and np.isnan(rows[0, 1])
+
+
+@pytest.mark.parametrize(("value", "message", "details"), [
+    ("rows", "must be a list of rows", {"field": "inputs"}),
+    ([], "is empty", {"field": "inputs"}),
+    ([[0, 1], [1]], "ragged: row 1 has 1 values", {"field": "inputs", "row": 1}),
+    ([[0, "x"]], "row 0, column 1 is 'x'", {"field": "inputs", "row": 0, "column": 1}),
+])
+def test_bad_json_rows_are_named(value, message, details):
+    with pytest.raises(InvalidInput) as refused:
+        codecs.rows_from_json(value)
+    assert message in refused.value.message and refused.value.details == details
+
+
+def test_npy_rows_and_what_is_refused():
+    np.testing.assert_array_equal(codecs.rows_from_npy(npy([[1.0, 2.0]])), [[1.0, 2.0]])
+    with pytest.raises(MalformedRequest):
+        codecs.rows_from_npy(b"not numpy")
+    with pytest.raises(MalformedRequest):
+        codecs.rows_from_npy(npy([[1.0]])[:-4] + b"\x00")  # truncated
+    for bad in ([1.0, 2.0], np.zeros((0, 3)), [["a", "b"]]):
+        with pytest.raises(InvalidInput):
+            codecs.rows_from_npy(npy(bad))
+
+
+def test_accept_negotiation():
+    assert codecs.wants(request_with(), codecs.JSON, codecs.NPY) == codecs.JSON
+    assert codecs.wants(request_with(accept="application/x-npy"), codecs.JSON, codecs.NPY) == codecs.NPY
+    assert codecs.wants(request_with(accept="image/png, */*"), codecs.JSON, codecs.NPY) == codecs.JSON
+    with pytest.raises(NotAcceptable):
+        codecs.wants(request_with(accept="text/csv"), codecs.JSON, codecs.NPY)
+
+
+def test_parse_json_wants_an_object():
+    assert codecs.parse_json(b'{"a": 1}') == {"a": 1}
+    for body in (b"", b"{", b"[1]"):
+        with pytest.raises(MalformedRequest):
+            codecs.parse_json(body)
+
+
+def test_png_grid_tiles_samples_with_a_gap_and_maps_the_range():
+    samples = np.array([[0, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=np.float32)  # two 2x3 images
+    image = Image.open(io.BytesIO(codecs.png_grid(samples, [2, 3], 0.0, 1.0, scale=1)))
+    pixels = np.asarray(image)
+    assert image.mode == "L" and pixels.shape == (1 * 3 + 1, 2 * 4 + 1)  # one row of two tiles
+    assert pixels[1:3, 1:4].tolist() == [[0, 255, 255], [0, 0, 0]]
+    assert (pixels[1:3, 5:8] == 255).all() and (pixels[0] == 128).all()
+    coloured = Image.open(io.BytesIO(codecs.png_grid(samples, [2, 3], 0.0, 1.0, scale=1,
+                                                     observed=np.array([True] * 3 + [False] * 3))))
+    assert coloured.mode == "RGB"

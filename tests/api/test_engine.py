@@ -1,0 +1,144 @@
+"""The engine in-process, without HTTP: operations on a tiny model, and one snapshot per request across a
+reload that changes D (made deterministic by holding the compute thread while the model swaps)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from service import checkpoint
+from service.api.engine import Engine
+from service.api.errors import InvalidInput, NotAcceptable, NotCalibrated
+from service.api.schemas import SampleRequest
+from service.settings import Settings
+from tests.api.helpers import save_gaussian, save_tiny
+from tests.helpers import markov_chain
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine-models")
+    save_tiny(root / "tiny" / "1", steps=30)
+    save_gaussian(root / "gauss" / "1")
+    return root
+
+
+@contextlib.asynccontextmanager
+async def loaded_engine(root, **options):
+    """An Engine serving `root` (no watcher), every model loaded; stopped on the way out."""
+    engine = Engine(Settings(model_repository=root, reload_poll_s=0, device="cpu", **options))
+    await engine.registry.load_all()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+def run_with_engine(root, operation, **options):
+    async def main():
+        async with loaded_engine(root, **options) as engine:
+            return await operation(engine)
+
+    return asyncio.run(main())
+
+
+def test_log_prob_and_anomaly_are_the_models_own_numbers(repository):
+    model, config = checkpoint.load(repository / "tiny" / "1")
+    rows = markov_chain(5, 8, seed=7)
+
+    async def operation(engine):
+        deadline = engine.deadline(None)
+        return (await engine.log_prob("tiny", rows.numpy(), 1, True, deadline),
+                await engine.anomaly("tiny", rows.numpy(), 0.25, deadline))
+
+    log_prob, anomaly = run_with_engine(repository, operation)
+    expected = model.log_prob(rows, masks=1).detach().double().numpy()
+    assert log_prob.version == 1 and log_prob.masks == 1
+    np.testing.assert_allclose(log_prob.log_prob, expected, rtol=1e-5)
+    np.testing.assert_allclose(log_prob.per_dimension.sum(axis=1), expected, rtol=1e-5)
+    calibration = config.calibration
+    scores = -model.log_prob(rows, masks=calibration.masks).detach().double().numpy()
+    np.testing.assert_allclose(anomaly.score, scores, rtol=1e-5)
+    assert anomaly.threshold == calibration.threshold(0.25) and anomaly.fpr == 0.25
+    np.testing.assert_array_equal(anomaly.is_anomaly, anomaly.score > anomaly.threshold)
+
+
+def test_refusals_are_domain_errors_raised_before_anything_is_queued(repository):
+    async def operation(engine):
+        deadline = engine.deadline(None)
+        refusals = {}
+        attempts = {
+            "too wide": engine.log_prob("tiny", np.zeros((2, 9)), None, False, deadline),
+            "not calibrated": engine.anomaly("gauss", np.zeros((2, 3)), None, deadline),
+            "incomplete": engine.anomaly("tiny", np.full((1, 8), np.nan), None, deadline),
+            "no image": engine.sample("gauss", SampleRequest(n=2), deadline, image=True),
+            "observed too long": engine.sample("tiny", SampleRequest(n=2, observed=[0] * 9), deadline),
+        }
+        for what, attempt in attempts.items():
+            with pytest.raises((InvalidInput, NotCalibrated, NotAcceptable)) as refused:
+                await attempt
+            refusals[what] = refused.value
+        return refusals, engine.batchers.all()
+
+    refusals, batchers = run_with_engine(repository, operation)
+    assert refusals["too wide"].status == 422 and "the model expects 8" in refusals["too wide"].message
+    assert refusals["not calibrated"].status == 409 and refusals["not calibrated"].code == "not_calibrated"
+    assert refusals["incomplete"].details == {"field": "inputs"}
+    assert refusals["no image"].status == 406
+    assert refusals["observed too long"].details == {"field": "observed"}
+    assert batchers == []  # none of them reached a batcher
+
+
+def test_samples_come_in_the_likelihoods_dtype_with_what_an_image_needs(repository):
+    async def operation(engine):
+        deadline = engine.deadline(None)
+        request = SampleRequest(n=6, seed=3, observed={"indices": [0, 1], "values": [1, 0]})
+        return (await engine.sample("tiny", request, deadline, image=True),
+                await engine.sample("gauss", SampleRequest(n=4, seed=3), deadline))
+
+    binary, real = run_with_engine(repository, operation)
+    assert binary.samples.dtype == np.int64 and binary.samples.shape == (6, 8)
+    assert (binary.samples[:, :2] == [1, 0]).all()  # the observed values, kept exactly
+    image = binary.image
+    assert (image.shape, image.low, image.high) == ([2, 4], 0.0, 1.0)
+    np.testing.assert_array_equal(image.values, binary.samples)
+    assert image.observed.tolist() == [True, True] + [False] * 6
+    assert real.samples.dtype.kind == "f" and real.samples.shape == (4, 3) and real.image is None
+
+
+def test_a_request_is_validated_and_computed_by_one_version_across_a_reload_that_changes_d(tmp_path):
+    root = tmp_path / "models"
+    save_tiny(root / "tiny" / "1", steps=30)
+    old_rows = markov_chain(3, 8, seed=1).numpy()
+
+    async def operation(engine):
+        deadline = engine.deadline(None)
+        v1 = engine.registry.get("tiny")
+        gate = threading.Event()
+        engine.compute_executor.submit(gate.wait)  # the compute thread is busy: batches wait
+        log_prob = asyncio.ensure_future(engine.log_prob("tiny", old_rows, None, False, deadline))
+        anomaly = asyncio.ensure_future(engine.anomaly("tiny", old_rows, None, deadline))
+        sample = asyncio.ensure_future(engine.sample("tiny", SampleRequest(n=2, seed=0), deadline))
+        await asyncio.sleep(0.05)  # all three validated against version 1 and queued
+        save_tiny(root / "tiny" / "2", seed=2, steps=10, n_dims=10)
+        assert await engine.registry.reload("tiny")  # version 2, D=10, serves from now on
+        gate.set()
+        answers = await asyncio.gather(log_prob, anomaly, sample)
+        with pytest.raises(InvalidInput) as refused:  # a newcomer with the old width is refused cleanly
+            await engine.log_prob("tiny", old_rows, None, False, deadline)
+        newcomer = await engine.log_prob("tiny", markov_chain(3, 10).numpy(), None, False, deadline)
+        return v1, answers, refused.value, newcomer
+
+    v1, (log_prob, anomaly, sample), refused, newcomer = run_with_engine(root, operation)
+    expected = v1.model.log_prob(torch.as_tensor(old_rows), masks=v1.config.eval_masks).detach().numpy()
+    assert log_prob.version == 1
+    np.testing.assert_allclose(log_prob.log_prob, expected, rtol=1e-5)
+    assert anomaly.version == 1 and anomaly.threshold == v1.calibration.threshold()  # version 1's calibration
+    assert sample.version == 1 and sample.samples.shape == (2, 8)
+    assert "rows have 8 values; the model expects 10" in refused.message
+    assert newcomer.version == 2 and newcomer.log_prob.shape == (3,)
