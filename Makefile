@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test serve clean
+.PHONY: install lint test serve clean
 
 install: $(STAMP)
 
@@ -21,7 +21,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-test: $(STAMP)
+# ruff checks and formatting (pinned in pyproject.toml, so every machine formats alike), then the suite
+lint: $(STAMP)
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

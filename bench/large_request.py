@@ -47,7 +47,7 @@ def rss_mb(pid: int, field: str) -> float:
 
 
 def reset_peak(pid: int) -> None:
-    """Start a new high-water mark: writing 5 to clear_refs resets VmHWM to the current size (Linux >= 4.0)."""
+    """Start a new high-water mark: writing 5 to clear_refs resets VmHWM to the current size (Linux 4.0+)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
@@ -64,7 +64,9 @@ def timed(client: httpx.Client, url: str, body: bytes, headers: dict, repeat: in
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model-repository", default="models")
     parser.add_argument("--model", default="binarized-mnist")
     parser.add_argument("--npy-rows", type=int, default=100_000)
@@ -72,8 +74,13 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
 
-    server = Server(made_executable(None), ROOT / args.model_repository, free_port(), [],
-                    Path("/tmp") / "made-bench-large.log")
+    server = Server(
+        made_executable(None),
+        ROOT / args.model_repository,
+        free_port(),
+        [],
+        Path("/tmp") / "made-bench-large.log",
+    )
     server.start(timeout_s=120)
     url = f"{server.base}/v1/models/{args.model}/log-prob"
     table = []
@@ -87,8 +94,13 @@ def main() -> int:
             body = buffer.getvalue()
             log(f".npy: {args.npy_rows} rows, {len(body) / 1e6:.1f} MB")
             reset_peak(pid)
-            seconds = timed(client, url, body, {"content-type": "application/x-npy", "accept": "application/x-npy"},
-                            args.repeat)
+            seconds = timed(
+                client,
+                url,
+                body,
+                {"content-type": "application/x-npy", "accept": "application/x-npy"},
+                args.repeat,
+            )
             table.append(("npy in, npy out", args.npy_rows, len(body), seconds, rss_mb(pid, "VmHWM")))
             body = json.dumps({"inputs": rows[: args.json_rows].tolist()}).encode()
             log(f"JSON: {args.json_rows} rows, {len(body) / 1e6:.1f} MB")
@@ -102,10 +114,14 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     for fmt, n, size, seconds, peak in table:
         print(f"| {fmt} | {n} | {size / 1e6:.1f} | {seconds:.2f} | {n / seconds:,.0f} | {peak:,.0f} |")
-    print(f"\nServer resident set after loading every model of {args.model_repository}, before any request: "
-          f"{idle:,.0f} MB.")
-    print(f"\n{datetime.now(UTC).isoformat(timespec='seconds')}; `{shlex.join([sys.argv[0], *sys.argv[1:]])}`; "
-          f"{platform.processor() or platform.machine()}; Python {platform.python_version()}")
+    print(
+        f"\nServer resident set after loading every model of {args.model_repository}, before any request: "
+        f"{idle:,.0f} MB."
+    )
+    print(
+        f"\n{datetime.now(UTC).isoformat(timespec='seconds')}; `{shlex.join([sys.argv[0], *sys.argv[1:]])}`; "
+        f"{platform.processor() or platform.machine()}; Python {platform.python_version()}"
+    )
     return 0
 
 

@@ -37,8 +37,13 @@ def log(message: str) -> None:
 @torch.no_grad()
 def log_probs(model, x: torch.Tensor) -> torch.Tensor:
     """(K, N) float64 log p_k(x) of every stored mask (for a mixture: every member)."""
-    return torch.cat([model.log_prob_per_mask(x[i : i + 2000], masks=model.n_masks).double()
-                      for i in range(0, len(x), 2000)], dim=1)
+    return torch.cat(
+        [
+            model.log_prob_per_mask(x[i : i + 2000], masks=model.n_masks).double()
+            for i in range(0, len(x), 2000)
+        ],
+        dim=1,
+    )
 
 
 def mixture_nll(per_member: torch.Tensor) -> float:
@@ -46,11 +51,18 @@ def mixture_nll(per_member: torch.Tensor) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", required=True, help="validation rows: .npy, .npz[:key] or .csv")
-    parser.add_argument("--group", action="append", required=True, help="comma-separated checkpoint directories")
+    parser.add_argument(
+        "--group", action="append", required=True, help="comma-separated checkpoint directories"
+    )
     args = parser.parse_args()
-    print("| members | alone | mixture, float32 | mixture, stored int8 | int8 size MB | std of log p_1 - log p_2 |")
+    print(
+        "| members | alone | mixture, float32 | mixture, stored int8 | int8 size MB "
+        "| std of log p_1 - log p_2 |"
+    )
     print("|---|---|---|---|---|---|")
     for group in args.group:
         paths = group.split(",")
@@ -65,10 +77,18 @@ def main() -> int:
             stored_nll = mixture_nll(log_probs(stored, x))
         alone = ", ".join(f"{-row.mean().item():.2f}" for row in each)
         spread = (each[0] - each[1]).std().item()
-        names = " + ".join(f"{p} ({'x'.join(map(str, m.config.hidden_sizes))})" for p, m in zip(paths, models))
-        print(f"| {names} | {alone} | {mixture_nll(each):.4f} | {stored_nll:.4f} | {size:.1f} | {spread:.2f} |")
-    print(f"\n{datetime.now(UTC).isoformat(timespec='seconds')}; `{shlex.join(['bench/mixtures.py', *sys.argv[1:]])}`; "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; torch {torch.__version__}")
+        names = " + ".join(
+            f"{p} ({'x'.join(map(str, m.config.hidden_sizes))})" for p, m in zip(paths, models, strict=True)
+        )
+        print(
+            f"| {names} | {alone} | {mixture_nll(each):.4f} | {stored_nll:.4f} | {size:.1f} | {spread:.2f} |"
+        )
+    print(
+        f"\n{datetime.now(UTC).isoformat(timespec='seconds')}; "
+        f"`{shlex.join(['bench/mixtures.py', *sys.argv[1:]])}`; "
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; torch "
+        f"{torch.__version__}"
+    )
     return 0
 
 

@@ -34,35 +34,51 @@ from service import checkpoint, data  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 # Published *test* NLL in nats (1 mask, best MADE); we report validation NLL (the test split is not here).
-PAPER = {"binarized-mnist": (88.40, 86.64), "binarized-mnist-any-order": (88.40, 86.64),
-         "uci-dna": (83.63, 79.66), "uci-mushrooms": (9.68, 9.69), "uci-nips": (280.25, 277.28)}
+PAPER = {
+    "binarized-mnist": (88.40, 86.64),
+    "binarized-mnist-any-order": (88.40, 86.64),
+    "uci-dna": (83.63, 79.66),
+    "uci-mushrooms": (9.68, 9.69),
+    "uci-nips": (280.25, 277.28),
+}
 COMMON = ["--order", "random", "--direct", "--lr-schedule", "cosine"]
-AGNOSTIC = ["--mask-conditioning", "--resample", "both"]  # mask conditioning only means something with several masks
+# mask conditioning only means something with several masks
+AGNOSTIC = "--mask-conditioning --resample both"
 RECIPES = {
     # name: (data file, made train flags). These are the recipes of the shipped models (models/<name>/1).
-    "binarized-mnist": ("binarized_mnist.npz", ["--hidden", "6000", "--dropout", "0.5", "--epochs", "24",
-                                                "--patience", "0", "--ema-decay", "0.999", "--batch-size", "100",
-                                                "--input-shape", "28", "28", "--weights-dtype", "float16"]),
-    "binarized-mnist-any-order": ("binarized_mnist.npz", [*AGNOSTIC, "--hidden", "2000", "--masks", "16",
-                                                          "--epochs", "60", "--patience", "15", "--batch-size", "100",
-                                                          "--input-shape", "28", "28", "--weights-dtype", "float16"]),
-    "uci-dna": ("uci/dna.npz", [*AGNOSTIC, "--hidden", "500", "--masks", "32", "--lr", "3e-3",
-                                "--epochs", "800", "--patience", "100", "--batch-size", "100"]),
-    "uci-mushrooms": ("uci/mushrooms.npz", [*AGNOSTIC, "--hidden", "500", "--masks", "32", "--lr", "3e-3",
-                                            "--epochs", "1600", "--patience", "200", "--batch-size", "100"]),
-    "uci-nips": ("uci/nips.npz", [*AGNOSTIC, "--hidden", "500", "--masks", "32", "--epochs", "300",
-                                  "--patience", "60", "--batch-size", "20", "--dropout", "0.3",
-                                  "--weight-decay", "1e-4"]),
+    "binarized-mnist": (
+        "binarized_mnist.npz",
+        "--hidden 6000 --dropout 0.5 --epochs 24 --patience 0 --ema-decay 0.999 --batch-size 100 "
+        "--input-shape 28 28 --weights-dtype float16",
+    ),
+    "binarized-mnist-any-order": (
+        "binarized_mnist.npz",
+        f"{AGNOSTIC} --hidden 2000 --masks 16 --epochs 60 --patience 15 --batch-size 100 "
+        "--input-shape 28 28 --weights-dtype float16",
+    ),
+    "uci-dna": (
+        "uci/dna.npz",
+        f"{AGNOSTIC} --hidden 500 --masks 32 --lr 3e-3 --epochs 800 --patience 100 --batch-size 100",
+    ),
+    "uci-mushrooms": (
+        "uci/mushrooms.npz",
+        f"{AGNOSTIC} --hidden 500 --masks 32 --lr 3e-3 --epochs 1600 --patience 200 --batch-size 100",
+    ),
+    "uci-nips": (
+        "uci/nips.npz",
+        f"{AGNOSTIC} --hidden 500 --masks 32 --epochs 300 --patience 60 --batch-size 20 --dropout 0.3 "
+        "--weight-decay 1e-4",
+    ),
 }
+RECIPES = {name: (data, shlex.split(flags)) for name, (data, flags) in RECIPES.items()}
 QUICK = {  # the same recipes, reduced to minutes: not for the results table
-    "binarized-mnist": ["--hidden", "300", "--dropout", "0.5", "--epochs", "2", "--ema-decay", "0.99",
-                        "--input-shape", "28", "28"],
-    "binarized-mnist-any-order": [*AGNOSTIC, "--hidden", "300", "--masks", "4", "--epochs", "2",
-                                  "--input-shape", "28", "28"],
-    "uci-dna": [*AGNOSTIC, "--hidden", "200", "--masks", "8", "--epochs", "20"],
-    "uci-mushrooms": [*AGNOSTIC, "--hidden", "200", "--masks", "8", "--epochs", "20"],
-    "uci-nips": [*AGNOSTIC, "--hidden", "200", "--masks", "8", "--epochs", "20", "--batch-size", "20"],
+    "binarized-mnist": "--hidden 300 --dropout 0.5 --epochs 2 --ema-decay 0.99 --input-shape 28 28",
+    "binarized-mnist-any-order": f"{AGNOSTIC} --hidden 300 --masks 4 --epochs 2 --input-shape 28 28",
+    "uci-dna": f"{AGNOSTIC} --hidden 200 --masks 8 --epochs 20",
+    "uci-mushrooms": f"{AGNOSTIC} --hidden 200 --masks 8 --epochs 20",
+    "uci-nips": f"{AGNOSTIC} --hidden 200 --masks 8 --epochs 20 --batch-size 20",
 }
+QUICK = {name: shlex.split(flags) for name, flags in QUICK.items()}
 # Mixtures (`made merge`): the recipe is trained once per member, with that member's extra flags (later flags
 # win), then the members are merged with MERGE_FLAGS. The mixture's "masks" are its members.
 MEMBERS = {"binarized-mnist": [["--seed", "0"], ["--seed", "1"]]}
@@ -84,11 +100,37 @@ def train(name: str, out: Path, quick: bool, device: str) -> float:
     started = time.monotonic()
     members = MEMBERS.get(name, [[]])  # one model unless the recipe is a mixture
     outs = [out.with_name(f"{out.name}-member{i}") for i in range(len(members))] if name in MEMBERS else [out]
-    commands = [[made(), "train", "--data", str(DATA / data_file), "--out", str(model_out), *COMMON, *flags,
-                 "--device", device, "--seed", "0", *extra] for model_out, extra in zip(outs, members, strict=True)]
+    commands = [
+        [
+            made(),
+            "train",
+            "--data",
+            str(DATA / data_file),
+            "--out",
+            str(model_out),
+            *COMMON,
+            *flags,
+            "--device",
+            device,
+            "--seed",
+            "0",
+            *extra,
+        ]
+        for model_out, extra in zip(outs, members, strict=True)
+    ]
     if name in MEMBERS:
-        commands.append([made(), "merge", *map(str, outs), "--out", str(out),
-                         "--data", f"{DATA / data_file}:valid_x", *MERGE_FLAGS])
+        commands.append(
+            [
+                made(),
+                "merge",
+                *map(str, outs),
+                "--out",
+                str(out),
+                "--data",
+                f"{DATA / data_file}:valid_x",
+                *MERGE_FLAGS,
+            ]
+        )
     for command in commands:
         log(f"{name}: {shlex.join(command)}")
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -101,8 +143,13 @@ def evaluate(name: str, model_dir: Path, device: str) -> dict:
     model, config = checkpoint.load(model_dir, device=device)
     data_file, _ = RECIPES[name]
     x = data.load(str(DATA / data_file), model.likelihood, model.n_dims, role="valid")
-    per_mask = torch.cat([model.log_prob_per_mask(x[i : i + 2000].to(model.device), masks=config.n_masks).double()
-                          for i in range(0, len(x), 2000)], dim=1)  # (M, N)
+    per_mask = torch.cat(
+        [
+            model.log_prob_per_mask(x[i : i + 2000].to(model.device), masks=config.n_masks).double()
+            for i in range(0, len(x), 2000)
+        ],
+        dim=1,
+    )  # (M, N)
     nll = {}
     for K in ENSEMBLES:
         if K <= config.n_masks:
@@ -116,10 +163,18 @@ def evaluate(name: str, model_dir: Path, device: str) -> dict:
     else:
         trained = [record]
     seconds = [getattr(r, "train_seconds", None) for r in trained]
-    return {"dataset": name, "nll": nll, "masks_default": config.eval_masks, "hidden": config.hidden_sizes,
-            "n_masks": config.n_masks, "mixture": config.mixture, "command": record.command if record else None,
-            "train_seconds": sum(seconds) if seconds and None not in seconds else None,
-            "device": getattr(trained[0], "device", None) if trained else None, "valid_rows": len(x)}
+    return {
+        "dataset": name,
+        "nll": nll,
+        "masks_default": config.eval_masks,
+        "hidden": config.hidden_sizes,
+        "n_masks": config.n_masks,
+        "mixture": config.mixture,
+        "command": record.command if record else None,
+        "train_seconds": sum(seconds) if seconds and None not in seconds else None,
+        "device": getattr(trained[0], "device", None) if trained else None,
+        "valid_rows": len(x),
+    }
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -146,12 +201,18 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--datasets", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--quick", action="store_true", help="reduced recipes (minutes), not for the results")
-    parser.add_argument("--out-dir", default=None, help="where models go (default runs/quality, runs/quality-quick)")
+    parser.add_argument(
+        "--out-dir", default=None, help="where models go (default runs/quality, runs/quality-quick)"
+    )
     parser.add_argument("--evaluate-only", action="store_true")
-    parser.add_argument("--shipped", action="store_true", help="evaluate the shipped models/<name>/1 (no training)")
+    parser.add_argument(
+        "--shipped", action="store_true", help="evaluate the shipped models/<name>/1 (no training)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--plot", default=None, help="PNG of NLL against masks (default <out-dir>/masks.png)")
     args = parser.parse_args()
@@ -162,29 +223,46 @@ def main() -> int:
         seconds = None
         if not (args.evaluate_only or args.shipped):
             seconds = train(name, model_dir, args.quick, args.device)
-        result = evaluate(name, model_dir, "cpu" if args.device == "auto" and not torch.cuda.is_available()
-                          else args.device if args.device != "auto" else "cuda")
+        result = evaluate(
+            name,
+            model_dir,
+            "cpu"
+            if args.device == "auto" and not torch.cuda.is_available()
+            else args.device
+            if args.device != "auto"
+            else "cuda",
+        )
         result["wall_seconds"] = seconds
         results.append(result)
         log(f"{name}: " + ", ".join(f"{k} masks {v:.2f}" for k, v in result["nll"].items()))
-    print("| dataset | config | validation NLL: 1 mask / best ensemble (masks) | paper test NLL: 1 mask / best "
-          "| training time | device |")
+    print(
+        "| dataset | config | validation NLL: 1 mask / best ensemble (masks) | paper test NLL: 1 mask / best "
+        "| training time | device |"
+    )
     print("|---|---|---|---|---|---|")
     for r in results:
         best_k = min(r["nll"], key=r["nll"].get)
         hidden = "x".join(map(str, r["hidden"]))
-        kind = (f"mixture of {r['n_masks']} MADEs" if r.get("mixture")
-                else f"{r['n_masks']} mask{'s' if r['n_masks'] > 1 else ''}")
+        kind = (
+            f"mixture of {r['n_masks']} MADEs"
+            if r.get("mixture")
+            else f"{r['n_masks']} mask{'s' if r['n_masks'] > 1 else ''}"
+        )
         minutes = r["train_seconds"] / 60 if r["train_seconds"] else float("nan")
-        print(f"| {r['dataset']} | {hidden} hidden, {kind} | {r['nll'][1]:.2f} / {r['nll'][best_k]:.2f} "
-              f"({best_k}) | {PAPER[r['dataset']][0]:.2f} / {PAPER[r['dataset']][1]:.2f} | {minutes:.1f} min | "
-              f"{r['device']} |")
+        print(
+            f"| {r['dataset']} | {hidden} hidden, {kind} | {r['nll'][1]:.2f} / {r['nll'][best_k]:.2f} "
+            f"({best_k}) | {PAPER[r['dataset']][0]:.2f} / {PAPER[r['dataset']][1]:.2f} | {minutes:.1f} min | "
+            f"{r['device']} |"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     plot_path = Path(args.plot) if args.plot else out_dir / "masks.png"
     plot(results, plot_path)
-    print(f"\n{datetime.now(UTC).isoformat(timespec='seconds')}; `{shlex.join(['bench/quality.py', *sys.argv[1:]])}`; "
-          f"plot: {plot_path}")
+    print(
+        f"\n{datetime.now(UTC).isoformat(timespec='seconds')}; "
+        f"`{shlex.join(['bench/quality.py', *sys.argv[1:]])}`; "
+        f"plot: {plot_path}"
+    )
     return 0
 
 

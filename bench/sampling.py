@@ -20,6 +20,7 @@ import shlex
 import sys
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -50,22 +51,29 @@ def best_of(fn, repeat: int, device: torch.device) -> float:
 
 
 def models(quick: bool, device: torch.device):
-    for bundled in ("binarized-mnist", "binarized-mnist-any-order"):  # the default, then the order-agnostic one
+    for bundled in (
+        "binarized-mnist",
+        "binarized-mnist-any-order",
+    ):  # the default, then the order-agnostic one
         path = ROOT / "models" / bundled / "1"
         if path.is_dir():
             model, config = checkpoint.load(path, device=device)
             yield f"{bundled} (bundled)", model
     synthetic = [(784, (500,), {}), (784, (500, 500), dict(direct_connections=True)), (180, (500,), {})]
     if not quick:
-        synthetic += [(784, (2000,), dict(direct_connections=True, mask_conditioning=True)),
-                      (112, (500, 500), dict(n_masks=4, order="random"))]
+        synthetic += [
+            (784, (2000,), dict(direct_connections=True, mask_conditioning=True)),
+            (112, (500, 500), dict(n_masks=4, order="random")),
+        ]
     for D, hidden, options in synthetic:
         torch.manual_seed(0)
         yield f"synthetic D={D}", build(D, "bernoulli", hidden_sizes=hidden, **options).to(device).eval()
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, nargs="+", default=[64])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -84,28 +92,60 @@ def main() -> int:
             x = torch.zeros(batch, model.n_dims, device=device)
             with torch.inference_mode():
                 model.log_prob(x, masks=K)  # warm-up
-                score = best_of(lambda: model.log_prob(x, masks=K), max(args.repeat, 5), device)
+                score = best_of(partial(model.log_prob, x, masks=K), max(args.repeat, 5), device)
             sample_fast_from_randomness(model, randomness)  # warm-up (builds and caches the plans)
-            fast = best_of(lambda: sample_fast_from_randomness(model, randomness), args.repeat, device)
+            fast = best_of(partial(sample_fast_from_randomness, model, randomness), args.repeat, device)
             eager = None
             if device.type == "cuda":
-                eager = best_of(lambda: sample_fast_from_randomness(model, randomness, cuda_graphs=False),
-                                args.repeat, device)
-            reference = best_of(lambda: sample_from_randomness(model, randomness), args.repeat, device)
-            same = torch.equal(sample_fast_from_randomness(model, randomness), sample_from_randomness(model, randomness))
-            rows.append((name, model.n_dims, "x".join(map(str, config.hidden_sizes)) or "-", K, batch,
-                         reference * 1e3, fast * 1e3, eager, score * 1e3, reference / fast, fast / score, same))
-    print("| model | D | hidden | masks | batch | reference ms | fast ms | fast, no CUDA graph ms | score ms "
-          "| reference/fast | fast/score | identical |")
+                eager = best_of(
+                    partial(sample_fast_from_randomness, model, randomness, cuda_graphs=False),
+                    args.repeat,
+                    device,
+                )
+            reference = best_of(partial(sample_from_randomness, model, randomness), args.repeat, device)
+            same = torch.equal(
+                sample_fast_from_randomness(model, randomness), sample_from_randomness(model, randomness)
+            )
+            rows.append(
+                (
+                    name,
+                    model.n_dims,
+                    "x".join(map(str, config.hidden_sizes)) or "-",
+                    K,
+                    batch,
+                    reference * 1e3,
+                    fast * 1e3,
+                    eager,
+                    score * 1e3,
+                    reference / fast,
+                    fast / score,
+                    same,
+                )
+            )
+    print(
+        "| model | D | hidden | masks | batch | reference ms | fast ms | fast, no CUDA graph ms | score ms "
+        "| reference/fast | fast/score | identical |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         eager = "-" if r[7] is None else f"{r[7] * 1e3:.1f}"
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.1f} | {r[6]:.1f} | {eager} | {r[8]:.2f} "
-              f"| {r[9]:.1f}x | {r[10]:.1f}x | {'yes' if r[11] else 'no'} |")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.lower().startswith("model name")), platform.machine())
-    print(f"\n{datetime.now(UTC).isoformat(timespec='seconds')}; `{shlex.join(['bench/sampling.py', *sys.argv[1:]])}`; "
-          f"{cpu}, {torch.get_num_threads()} threads, device {device}; torch {torch.__version__}")
+        print(
+            f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.1f} | {r[6]:.1f} | {eager} | {r[8]:.2f} "
+            f"| {r[9]:.1f}x | {r[10]:.1f}x | {'yes' if r[11] else 'no'} |"
+        )
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.lower().startswith("model name")
+        ),
+        platform.machine(),
+    )
+    print(
+        f"\n{datetime.now(UTC).isoformat(timespec='seconds')}; "
+        f"`{shlex.join(['bench/sampling.py', *sys.argv[1:]])}`; "
+        f"{cpu}, {torch.get_num_threads()} threads, device {device}; torch {torch.__version__}"
+    )
     return 0
 
 

@@ -60,8 +60,19 @@ MODES = {
 }
 # No repository polling while measuring: nothing but the measured requests runs in the server.
 SERVER_ENV = {"MADE_RELOAD_POLL_S": "0"}
-COLUMNS = ["mode", "model", "clients", "rows/request", "requests", "rows/s", "requests/s", "p50 ms", "p95 ms",
-           "p99 ms", "errors"]
+COLUMNS = [
+    "mode",
+    "model",
+    "clients",
+    "rows/request",
+    "requests",
+    "rows/s",
+    "requests/s",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "errors",
+]
 
 
 def log(message: str) -> None:
@@ -69,28 +80,44 @@ def log(message: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--model-repository", default="models", help="model repository the server serves")
     p.add_argument("--model", default="binarized-mnist", help="model to send log-prob requests to")
     p.add_argument("--clients", type=int, default=None, help="concurrent clients (default 16; --quick: 8)")
-    p.add_argument("--requests-per-client", type=int, default=None,
-                   help="requests each client sends (default 20; --quick: 10)")
+    p.add_argument(
+        "--requests-per-client",
+        type=int,
+        default=None,
+        help="requests each client sends (default 20; --quick: 10)",
+    )
     p.add_argument("--rows", type=int, default=1, help="rows per request")
     p.add_argument("--quick", action="store_true", help="small counts, to check that everything works")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="time bound per mode; clients stop sending after it (default 120; --quick: 15)")
-    p.add_argument("--warmup-requests", type=int, default=None,
-                   help="unmeasured requests per mode before measuring (default 2 per client; --quick: 1)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="time bound per mode; clients stop sending after it (default 120; --quick: 15)",
+    )
+    p.add_argument(
+        "--warmup-requests",
+        type=int,
+        default=None,
+        help="unmeasured requests per mode before measuring (default 2 per client; --quick: 1)",
+    )
     p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for /readyz")
     p.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
-    p.add_argument("--made", default=None, help="the made executable (default: beside this Python, else PATH)")
+    p.add_argument(
+        "--made", default=None, help="the made executable (default: beside this Python, else PATH)"
+    )
     p.add_argument("--out", help="also write the table and the machine info to this file")
     args = p.parse_args(argv)
     quick = args.quick
     args.clients = args.clients if args.clients is not None else (8 if quick else 16)
-    args.requests_per_client = (args.requests_per_client if args.requests_per_client is not None
-                                else (10 if quick else 20))
+    args.requests_per_client = (
+        args.requests_per_client if args.requests_per_client is not None else (10 if quick else 20)
+    )
     args.max_seconds = args.max_seconds if args.max_seconds is not None else (15.0 if quick else 120.0)
     if args.warmup_requests is None:
         args.warmup_requests = args.clients * (1 if quick else 2)
@@ -125,8 +152,17 @@ class Server:
     def __init__(self, made: str, repository: Path, port: int, flags: list[str], log_path: Path):
         self.port = port
         self.base = f"http://{HOST}:{port}"
-        self.command = [made, "serve", "--model-repository", str(repository), "--host", HOST, "--port", str(port),
-                        *flags]
+        self.command = [
+            made,
+            "serve",
+            "--model-repository",
+            str(repository),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            *flags,
+        ]
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
@@ -134,21 +170,26 @@ class Server:
         log(f"starting: {shlex.join(self.command)} (log: {self.log_path})")
         env = {**os.environ, **SERVER_ENV}
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
-        self.process = subprocess.Popen(self.command, stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
-                                        cwd=ROOT)
+        self.process = subprocess.Popen(
+            self.command, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
         started = time.monotonic()
         with httpx.Client(timeout=2.0) as client:
             while True:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"the server exited with status {self.process.returncode} before it was "
-                                       f"ready:\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"the server exited with status {self.process.returncode} before it was "
+                        f"ready:\n{self.log_tail()}"
+                    )
                 try:
                     if client.get(f"{self.base}/readyz").status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
                 if time.monotonic() - started > timeout_s:
-                    raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"the server was not ready after {timeout_s:.0f} s:\n{self.log_tail()}"
+                    )
                 time.sleep(0.25)
         log(f"ready after {time.monotonic() - started:.1f} s")
 
@@ -204,8 +245,16 @@ class Outcome:
     batches: tuple[float, float] = (0.0, 0.0)  # (model calls, rows) of the measured requests, from /metrics
 
 
-async def drive(base: str, model: str, bodies: list[bytes], rows: int, clients: int, per_client: int,
-                max_seconds: float, warmup: int) -> Outcome:
+async def drive(
+    base: str,
+    model: str,
+    bodies: list[bytes],
+    rows: int,
+    clients: int,
+    per_client: int,
+    max_seconds: float,
+    warmup: int,
+) -> Outcome:
     url = f"{base}/v1/models/{model}/log-prob"
     headers = {"content-type": "application/json"}
     outcome = Outcome()
@@ -254,7 +303,10 @@ async def drive(base: str, model: str, bodies: list[bytes], rows: int, clients: 
         calls_after, rows_after = batch_stats((await client.get(metrics_url)).text, model)
         outcome.batches = (calls_after - calls_before, rows_after - rows_before)
         if outcome.elapsed > max_seconds:
-            log(f"  time bound of {max_seconds:g} s reached: {outcome.sent} of {clients * per_client} requests sent")
+            log(
+                f"  time bound of {max_seconds:g} s reached: {outcome.sent} of {clients * per_client} "
+                "requests sent"
+            )
     return outcome
 
 
@@ -262,7 +314,7 @@ def batch_stats(text: str, model: str) -> tuple[float, float]:
     """(model calls, rows) so far for the model's log_prob batches, from the server's /metrics text."""
     values = {}
     for kind in ("count", "sum"):
-        pattern = rf'^made_batch_rows_{kind}\{{([^}}]*)\}} ([0-9.e+-]+)$'
+        pattern = rf"^made_batch_rows_{kind}\{{([^}}]*)\}} ([0-9.e+-]+)$"
         for match in re.finditer(pattern, text, re.MULTILINE):
             labels = match.group(1)
             if f'model="{model}"' in labels and 'operation="log_prob"' in labels:
@@ -323,13 +375,22 @@ def machine_info(args, made: str) -> list[str]:
         f"- date: {datetime.now(UTC).isoformat(timespec='seconds')}",
         f"- command: `{shlex.join([sys.executable, *sys.argv])}`",
         f"- CPU: {cpu}; cores: {cores} ({usable} usable by this process); load average at the end: {load}",
-        (f"- torch {torch_version}; Python {platform.python_version()}; httpx {httpx.__version__}; "
-         f"{platform.system()} {platform.release()}"),
-        (f"- server: `{made} serve --model-repository {args.model_repository} --host {HOST} --port <free port>` "
-         f"plus the mode's flags ({modes}); environment {env}"),
-        (f"- load: {args.clients} clients x {args.requests_per_client} requests of {args.rows} rows (JSON log-prob), "
-         f"{args.warmup_requests} warm-up requests per mode, at most {args.max_seconds:g} s per mode"),
-        "- rows/s, requests/s and latency percentiles count successful requests; requests counts all that were sent",
+        (
+            f"- torch {torch_version}; Python {platform.python_version()}; httpx {httpx.__version__}; "
+            f"{platform.system()} {platform.release()}"
+        ),
+        (
+            f"- server: `{made} serve --model-repository {args.model_repository} --host {HOST} --port <free "
+            "port>` "
+            f"plus the mode's flags ({modes}); environment {env}"
+        ),
+        (
+            f"- load: {args.clients} clients x {args.requests_per_client} requests of {args.rows} rows "
+            "(JSON log-prob), "
+            f"{args.warmup_requests} warm-up requests per mode, at most {args.max_seconds:g} s per mode"
+        ),
+        "- rows/s, requests/s and latency percentiles count successful requests; requests counts all that "
+        "were sent",
     ]
 
 
@@ -349,17 +410,34 @@ def main(argv: list[str] | None = None) -> int:
                 server.start(args.startup_timeout)
                 info_response = httpx.get(f"{server.base}/v1/models/{args.model}", timeout=10)
                 if info_response.status_code != 200:
-                    raise RuntimeError(f"GET /v1/models/{args.model}: {info_response.status_code} "
-                                       f"{info_response.text[:300]}")
+                    raise RuntimeError(
+                        f"GET /v1/models/{args.model}: {info_response.status_code} {info_response.text[:300]}"
+                    )
                 bodies = request_bodies(info_response.json(), args.rows, count=min(8, args.clients))
-                log(f"measuring: {args.clients} clients x {args.requests_per_client} requests x {args.rows} rows")
-                outcome = asyncio.run(drive(server.base, args.model, bodies, args.rows, args.clients,
-                                            args.requests_per_client, args.max_seconds, args.warmup_requests))
+                log(
+                    f"measuring: {args.clients} clients x {args.requests_per_client} requests x {args.rows} "
+                    "rows"
+                )
+                outcome = asyncio.run(
+                    drive(
+                        server.base,
+                        args.model,
+                        bodies,
+                        args.rows,
+                        args.clients,
+                        args.requests_per_client,
+                        args.max_seconds,
+                        args.warmup_requests,
+                    )
+                )
                 calls, batched_rows = outcome.batches
                 results.append(row_of(mode, args, outcome))
                 if calls:
-                    notes.append(f"- {mode}: {int(calls)} model calls for {int(batched_rows)} rows "
-                                 f"({batched_rows / calls:.2f} rows per model call; server's made_batch_rows, measured requests only)")
+                    notes.append(
+                        f"- {mode}: {int(calls)} model calls for {int(batched_rows)} rows "
+                        f"({batched_rows / calls:.2f} rows per model call; server's made_batch_rows, "
+                        "measured requests only)"
+                    )
                 for problem in outcome.error_samples:
                     log(f"  error: {problem}")
                 log(f"done: {outcome.sent} requests in {outcome.elapsed:.2f} s, {outcome.errors} errors")

@@ -9,7 +9,7 @@ held-out (validation) data, so that for a new score s
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated
 
 import numpy as np
@@ -67,7 +67,10 @@ class Calibration(BaseModel):
 
 
 def calibrate(
-    scores: np.ndarray, masks: int, data_file: str | None = None, data_sha256: str | None = None,
+    scores: np.ndarray,
+    masks: int,
+    data_file: str | None = None,
+    data_sha256: str | None = None,
     default_fpr: float = DEFAULT_FPR,
 ) -> Calibration:
     """A Calibration from the scores (negative log-likelihoods, nats) of normal held-out rows."""
@@ -82,7 +85,7 @@ def calibrate(
         std=float(scores.std()),
         data_file=data_file,
         data_sha256=data_sha256,
-        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        date=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 

@@ -15,14 +15,13 @@ import shlex
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from pydantic import ValidationError
+from tqdm import tqdm
 
 from . import __version__, calibration, checkpoint, data, logs
 from .checkpoint import CheckpointError
@@ -62,8 +61,17 @@ ARCHITECTURE_FLAGS = {
     "seed": "seed",
 }
 # `made serve` flags: each a Settings field, with its description and default from there
-SERVE_FLAGS = ("model_repository", "host", "port", "device", "workers", "max_batch_rows", "max_batch_delay_ms",
-               "max_queue_requests", "request_timeout_s")
+SERVE_FLAGS = (
+    "model_repository",
+    "host",
+    "port",
+    "device",
+    "workers",
+    "max_batch_rows",
+    "max_batch_delay_ms",
+    "max_queue_requests",
+    "request_timeout_s",
+)
 
 
 class DEFAULTS(argparse.ArgumentDefaultsHelpFormatter):
@@ -102,70 +110,118 @@ def _order(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="made", description="MADE density estimation: train, evaluate, sample.")
+    parser = argparse.ArgumentParser(
+        prog="made", description="MADE density estimation: train, evaluate, sample."
+    )
     parser.add_argument("--version", action="version", version=f"made-service {__version__}")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                        help="default: info (for serve: MADE_LOG_LEVEL)")
-    parser.add_argument("--log-format", choices=["text", "json"], help="default: text (for serve: MADE_LOG_FORMAT)")
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info (for serve: MADE_LOG_LEVEL)",
+    )
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], help="default: text (for serve: MADE_LOG_FORMAT)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _add_train_parser(commands)
 
-    p = commands.add_parser("merge", help="combine one-mask models into one mixture model (a checkpoint)",
-                            formatter_class=DEFAULTS,
-                            description="The uniform mixture p(x) = 1/K sum_k p_k(x) of K one-mask models of the "
-                                        "same data, stored as one K-mask model (docs/model.md).")
-    p.add_argument("members", nargs="+", metavar="MODEL", help="checkpoint directories of the one-mask models")
+    p = commands.add_parser(
+        "merge",
+        help="combine one-mask models into one mixture model (a checkpoint)",
+        formatter_class=DEFAULTS,
+        description="The uniform mixture p(x) = 1/K sum_k p_k(x) of K one-mask models of the "
+        "same data, stored as one K-mask model (docs/model.md).",
+    )
+    p.add_argument(
+        "members", nargs="+", metavar="MODEL", help="checkpoint directories of the one-mask models"
+    )
     p.add_argument("--out", required=True, help="checkpoint directory to write (e.g. models/mine/2)")
-    p.add_argument("--data", help="held-out rows to evaluate the mixture on and calibrate its anomaly threshold "
-                                  "(default: the first member's validation file, if it has one)")
-    p.add_argument("--weights-dtype", default="float32", choices=sorted(checkpoint.DTYPES),
-                   help="storage dtype in the checkpoint (evaluation is always float32)")
+    p.add_argument(
+        "--data",
+        help="held-out rows to evaluate the mixture on and calibrate its anomaly threshold "
+        "(default: the first member's validation file, if it has one)",
+    )
+    p.add_argument(
+        "--weights-dtype",
+        default="float32",
+        choices=sorted(checkpoint.DTYPES),
+        help="storage dtype in the checkpoint (evaluation is always float32)",
+    )
 
-    p = commands.add_parser("eval", help="mean negative log-likelihood of a data file, as one JSON line", formatter_class=DEFAULTS)
+    p = commands.add_parser(
+        "eval", help="mean negative log-likelihood of a data file, as one JSON line", formatter_class=DEFAULTS
+    )
     _model_args(p)
     p.add_argument("--data", required=True, help=".npy, .npz[:key] (default key: x, else valid_x) or .csv")
 
-    p = commands.add_parser("score", help="write log p(x) of every row to an .npy file", formatter_class=DEFAULTS)
+    p = commands.add_parser(
+        "score", help="write log p(x) of every row to an .npy file", formatter_class=DEFAULTS
+    )
     _model_args(p)
     p.add_argument("--data", required=True, help=".npy, .npz[:key] (default key: x, else valid_x) or .csv")
     p.add_argument("--out", required=True, help="output .npy: one float64 log-probability (nats) per row")
     p.add_argument("--batch-rows", type=int, default=SCORE_BATCH_ROWS)
 
-    p = commands.add_parser("calibrate", help="recompute anomaly calibration from normal held-out data",
-                            formatter_class=DEFAULTS)
+    p = commands.add_parser(
+        "calibrate", help="recompute anomaly calibration from normal held-out data", formatter_class=DEFAULTS
+    )
     _model_args(p)
     p.add_argument("--data", required=True, help="rows the model should call normal (not its training data)")
-    p.add_argument("--fpr", type=float, default=calibration.DEFAULT_FPR,
-                   help="default false-positive rate for the anomaly threshold")
+    p.add_argument(
+        "--fpr",
+        type=float,
+        default=calibration.DEFAULT_FPR,
+        help="default false-positive rate for the anomaly threshold",
+    )
 
-    p = commands.add_parser("serve", help="run the REST service on a model repository",
-                            description="Every option also reads MADE_<NAME> from the environment "
-                                        "(e.g. MADE_MAX_BATCH_ROWS); flags win. See docs/api.md.")
+    p = commands.add_parser(
+        "serve",
+        help="run the REST service on a model repository",
+        description="Every option also reads MADE_<NAME> from the environment "
+        "(e.g. MADE_MAX_BATCH_ROWS); flags win. See docs/api.md.",
+    )
     for name in SERVE_FLAGS:
         field = Settings.model_fields[name]
-        p.add_argument(f"--{name.replace('_', '-')}", metavar=name.upper(),
-                       help=f"{field.description or name.replace('_', ' ')} (default: {field.default})")
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            metavar=name.upper(),
+            help=f"{field.description or name.replace('_', ' ')} (default: {field.default})",
+        )
 
     p = commands.add_parser("sample", help="draw samples into an .npy file", formatter_class=DEFAULTS)
     _model_args(p)
     p.add_argument("-n", type=int, required=True, help="number of samples")
-    p.add_argument("--sampler", choices=["fast", "reference"], default="fast",
-                   help="fast: about one forward pass per sample; reference: D passes (same samples)")
+    p.add_argument(
+        "--sampler",
+        choices=["fast", "reference"],
+        default="fast",
+        help="fast: about one forward pass per sample; reference: D passes (same samples)",
+    )
     p.add_argument("--seed", type=int, default=None, help="same seed, same samples (default: random)")
-    p.add_argument("--out", required=True, help="output .npy: int64 for bernoulli and categorical, float32 otherwise")
+    p.add_argument(
+        "--out", required=True, help="output .npy: int64 for bernoulli and categorical, float32 otherwise"
+    )
     return parser
 
 
 def _add_train_parser(commands) -> None:
-    p = commands.add_parser("train", help="train a model and write a checkpoint directory", formatter_class=DEFAULTS)
+    p = commands.add_parser(
+        "train", help="train a model and write a checkpoint directory", formatter_class=DEFAULTS
+    )
     p.add_argument("--data", required=True, help="training data: .npy, .npz[:key] or .csv")
     p.add_argument("--out", required=True, help="checkpoint directory to write (e.g. models/mine/1)")
     valid = p.add_mutually_exclusive_group()
     valid.add_argument("--valid", help="validation data (default: the .npz's valid_x, else --valid-fraction)")
-    valid.add_argument("--valid-fraction", type=float, default=None,
-                       help="hold out this fraction of --data (default: 0.1 when there is no --valid)")
-    p.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS, help="distribution of each x_d given x_<d")
+    valid.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=None,
+        help="hold out this fraction of --data (default: 0.1 when there is no --valid)",
+    )
+    p.add_argument(
+        "--likelihood", default="bernoulli", choices=LIKELIHOODS, help="distribution of each x_d given x_<d"
+    )
     p.add_argument("--categories", type=int, help="values per dimension for --likelihood categorical")
     p.add_argument("--components", type=int, default=10, help="mixture components for --likelihood mog")
     p.add_argument("--hidden", type=int, nargs="+", default=[500], metavar="H", help="hidden layer sizes")
@@ -182,17 +238,39 @@ def _add_train_parser(commands) -> None:
     p.add_argument("--batch-size", type=int, default=100, help="rows per minibatch (one mask each)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 weight decay")
-    p.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES, help="cosine: anneal to 0 over --epochs; plateau: halve when validation stalls")
+    p.add_argument(
+        "--lr-schedule",
+        default="cosine",
+        choices=LR_SCHEDULES,
+        help="cosine: anneal to 0 over --epochs; plateau: halve when validation stalls",
+    )
     p.add_argument("--patience", type=int, default=20, help="early stopping patience in epochs (0: off)")
     p.add_argument("--valid-masks", type=int, default=1, help="masks averaged for per-epoch validation")
     p.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
-    p.add_argument("--ema-decay", type=float, default=0.0, help="validate and keep an exponential moving average of the weights with this decay per step, e.g. 0.999 (0: off)")
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="validate and keep an exponential moving average of the weights with this decay per step, "
+        "e.g. 0.999 (0: off)",
+    )
     p.add_argument("--input-shape", type=int, nargs="+", help="shape of one row as an image, e.g. 28 28")
-    p.add_argument("--weights-dtype", default="float32", choices=sorted(checkpoint.DTYPES), help="storage dtype in the checkpoint (evaluation is always float32)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, masks, shuffling and the hold-out split")
+    p.add_argument(
+        "--weights-dtype",
+        default="float32",
+        choices=sorted(checkpoint.DTYPES),
+        help="storage dtype in the checkpoint (evaluation is always float32)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seeds weights, masks, shuffling and the hold-out split"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: when stderr is a terminal; log lines otherwise)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal; log lines otherwise)",
+    )
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -230,22 +308,45 @@ def cmd_train(args) -> int:
         raise UsageError(f"--valid-masks must be between 1 and --masks ({architecture.n_masks})")
     shift, scale = standardisation(train_x) if head.real_valued else (None, None)
     model = MADEDensity.from_config(architecture, shift=shift, scale=scale).to(device)
-    log.info("training", extra={"rows": len(train_x), "dims": architecture.n_dims, "device": str(device),
-                                "parameters": sum(p.numel() for p in model.parameters())})
+    log.info(
+        "training",
+        extra={
+            "rows": len(train_x),
+            "dims": architecture.n_dims,
+            "device": str(device),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+    )
     result = train(model, train_x, valid_x, _train_config(args))
     masks = architecture.eval_masks
     valid_scores = calibration.scores_of(model, valid_x, masks=masks)
     record = _training_record(args, model, result, valid_spec, len(train_x), valid_scores)
     calibrated = calibration.calibrate(
-        valid_scores, masks=masks,
+        valid_scores,
+        masks=masks,
         data_file=valid_spec or f"{args.data} (held-out {args.valid_fraction or 0.1:g})",
         data_sha256=record["valid_sha256"] or record["data_sha256"],
     )
-    checkpoint.save(model, args.out, input_shape=args.input_shape, training=record, calibration=calibrated,
-                    weights_dtype=args.weights_dtype)
-    print(json.dumps({"out": args.out, "best_valid_nll": round(record["best_valid_nll"], 4), "masks": masks,
-                      "epochs": result.epochs_run, "best_epoch": result.best_epoch,
-                      "seconds": round(result.seconds, 1)}))
+    checkpoint.save(
+        model,
+        args.out,
+        input_shape=args.input_shape,
+        training=record,
+        calibration=calibrated,
+        weights_dtype=args.weights_dtype,
+    )
+    print(
+        json.dumps(
+            {
+                "out": args.out,
+                "best_valid_nll": round(record["best_valid_nll"], 4),
+                "masks": masks,
+                "epochs": result.epochs_run,
+                "best_epoch": result.best_epoch,
+                "seconds": round(result.seconds, 1),
+            }
+        )
+    )
     return 0
 
 
@@ -273,9 +374,19 @@ def _architecture(args, n_dims: int, likelihood: dict) -> MADEConfig:
 
 
 def _train_config(args) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                       lr_schedule=args.lr_schedule, patience=args.patience, valid_masks=args.valid_masks,
-                       grad_clip=args.grad_clip, ema_decay=args.ema_decay, seed=args.seed, progress=args.progress)
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        lr_schedule=args.lr_schedule,
+        patience=args.patience,
+        valid_masks=args.valid_masks,
+        grad_clip=args.grad_clip,
+        ema_decay=args.ema_decay,
+        seed=args.seed,
+        progress=args.progress,
+    )
 
 
 def _training_record(args, model, result, valid_spec: str | None, train_rows: int, valid_scores) -> dict:
@@ -294,15 +405,20 @@ def _training_record(args, model, result, valid_spec: str | None, train_rows: in
         "best_valid_nll_per_epoch_masks": result.best_valid_nll,
         "valid_masks": model.config.eval_masks,
         "seed": args.seed,
-        "optimizer": {"name": "adam", "lr": args.lr, "weight_decay": args.weight_decay,
-                      "lr_schedule": args.lr_schedule, "batch_size": args.batch_size,
-                      "ema_decay": args.ema_decay},
+        "optimizer": {
+            "name": "adam",
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "lr_schedule": args.lr_schedule,
+            "batch_size": args.batch_size,
+            "ema_decay": args.ema_decay,
+        },
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(model.device),
         "train_seconds": round(result.seconds, 1),
         "package_version": __version__,
         "torch_version": torch.__version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "history": [
             {"epoch": h.epoch, "train_nll": round(h.train_nll, 4), "valid_nll": round(h.valid_nll, 4)}
             for h in result.history
@@ -359,7 +475,9 @@ def cmd_eval(args) -> int:
     model, _, masks = _load(args)
     n, _, batches = _log_probs(model, args.data, masks, SCORE_BATCH_ROWS)
     nll = -sum(float(log_p.sum()) for _, log_p in batches) / n
-    print(json.dumps({"nll": nll, "bits_per_dim": nll / (model.n_dims * math.log(2)), "n": n, "masks": masks}))
+    print(
+        json.dumps({"nll": nll, "bits_per_dim": nll / (model.n_dims * math.log(2)), "n": n, "masks": masks})
+    )
     return 0
 
 
@@ -378,8 +496,15 @@ def cmd_score(args) -> int:
         tmp.replace(out_path)
     finally:
         tmp.unlink(missing_ok=True)
-    log.info("scored", extra={"rows": n, "masks": masks, "out": str(out_path),
-                              "seconds": round(time.monotonic() - started, 2)})
+    log.info(
+        "scored",
+        extra={
+            "rows": n,
+            "masks": masks,
+            "out": str(out_path),
+            "seconds": round(time.monotonic() - started, 2),
+        },
+    )
     return 0
 
 
@@ -393,14 +518,20 @@ def cmd_merge(args) -> int:
     record = {
         "command": args.command_line,
         "members": [
-            {"path": path, **(config.training.model_dump(exclude_none=True, exclude={"history"})
-                              if config.training else {})}
+            {
+                "path": path,
+                **(
+                    config.training.model_dump(exclude_none=True, exclude={"history"})
+                    if config.training
+                    else {}
+                ),
+            }
             for path, (_, config) in zip(args.members, loaded, strict=True)
         ],
         "parameters": sum(p.numel() for p in mixture.parameters()),
         "package_version": __version__,
         "torch_version": torch.__version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     summary, calibrated = {"out": args.out, "masks": mixture.n_masks}, None
     if valid_spec:  # evaluate and calibrate the model as stored (int8 storage rounds the weights)
@@ -410,13 +541,24 @@ def cmd_merge(args) -> int:
         _, source, batches = _log_probs(stored, valid_spec, stored.n_masks, SCORE_BATCH_ROWS)
         scores = -np.concatenate([log_p for _, log_p in batches])
         sha = data.sha256_of(data.split_spec(valid_spec)[0])
-        record.update(valid_file=source, valid_sha256=sha, valid_rows=len(scores),
-                      best_valid_nll=float(scores.mean()), valid_masks=stored.n_masks)
+        record.update(
+            valid_file=source,
+            valid_sha256=sha,
+            valid_rows=len(scores),
+            best_valid_nll=float(scores.mean()),
+            valid_masks=stored.n_masks,
+        )
         calibrated = calibration.calibrate(scores, masks=stored.n_masks, data_file=source, data_sha256=sha)
         summary["valid_nll"] = round(float(scores.mean()), 4)
     # Written once, complete: a server watching the repository never sees an uncalibrated version.
-    checkpoint.save(mixture, args.out, input_shape=loaded[0][1].input_shape, training=record,
-                    calibration=calibrated, weights_dtype=args.weights_dtype)
+    checkpoint.save(
+        mixture,
+        args.out,
+        input_shape=loaded[0][1].input_shape,
+        training=record,
+        calibration=calibrated,
+        weights_dtype=args.weights_dtype,
+    )
     print(json.dumps(summary))
     return 0
 
@@ -468,8 +610,10 @@ def cmd_sample(args) -> int:
     draw = sample_fast if args.sampler == "fast" else sample
     samples = draw(model, args.n, masks=masks, generator=generator).cpu().numpy()
     np.save(args.out, model.likelihood.cast_samples(samples))  # the dtype the HTTP API answers with
-    log.info("sampled", extra={"n": args.n, "masks": masks, "seed": args.seed, "sampler": args.sampler,
-                               "out": args.out})
+    log.info(
+        "sampled",
+        extra={"n": args.n, "masks": masks, "seed": args.seed, "sampler": args.sampler, "out": args.out},
+    )
     return 0
 
 

@@ -109,10 +109,13 @@ def _from_csv(path: Path) -> np.ndarray:
                 if line_number == 0 and not rows:
                     continue  # a header line
                 bad = next(c for c in cells if not _is_float(c))
-                raise DataError(f"{path}: line {line_number + 1} has {bad!r}, which is not a number") from None
+                raise DataError(
+                    f"{path}: line {line_number + 1} has {bad!r}, which is not a number"
+                ) from None
             if len(rows[-1]) != len(rows[0]):
                 raise DataError(
-                    f"{path}: line {line_number + 1} has {len(rows[-1])} values; earlier rows have {len(rows[0])}"
+                    f"{path}: line {line_number + 1} has {len(rows[-1])} values; "
+                    f"earlier rows have {len(rows[0])}"
                 )
     if not rows:
         raise DataError(f"{path} holds no data rows")
@@ -128,7 +131,11 @@ def _is_float(text: str) -> bool:
 
 
 def validate(
-    array: np.ndarray, likelihood: Likelihood, n_dims: int, source: str = "input", row_offset: int = 0,
+    array: np.ndarray,
+    likelihood: Likelihood,
+    n_dims: int,
+    source: str = "input",
+    row_offset: int = 0,
     allow_missing: bool = False,
 ) -> torch.Tensor:
     """(N, D) float32 tensor of rows that the model can score; DataError naming row and column if not.
@@ -157,7 +164,9 @@ def validate(
             )
     # The support is checked on the values as sent: 2.0000001 in float64 is not an integer category,
     # though float32 would round it to one. Integer input is checked as it is (no float copy at all).
-    as_sent = original.dtype == torch.float64 or not (original.is_floating_point() or original.dtype == torch.bool)
+    as_sent = original.dtype == torch.float64 or not (
+        original.is_floating_point() or original.dtype == torch.bool
+    )
     supported = likelihood.in_support(original if as_sent else values)
     if missing is not None:
         supported |= missing

@@ -16,6 +16,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
             raise ValueError(f"device {spec!r} was asked for, but CUDA is not available on this machine")
         device = torch.device(spec)
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
+            raise ValueError(
+                f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here"
+            )
         return device
     raise ValueError(f"unknown device {spec!r}; expected auto, cpu, cuda or cuda:N")

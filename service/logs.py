@@ -8,7 +8,11 @@ import sys
 import time
 
 # color_message: uvicorn's ANSI-coloured copy of the message, noise in a structured line
-_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class KeyValueFormatter(logging.Formatter):

@@ -16,10 +16,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MADE_", extra="forbid")
 
     # where and what to serve
-    model_repository: Path = Field(Path("models"), description="model repository: <name>/<version>/ directories")
-    models: list[str] | None = Field(None, description="serve only these model names (default: every model found)")
+    model_repository: Path = Field(
+        Path("models"), description="model repository: <name>/<version>/ directories"
+    )
+    models: list[str] | None = Field(
+        None, description="serve only these model names (default: every model found)"
+    )
     model_versions: dict[str, int] = Field(
-        default_factory=dict, description="pin a model to a version, e.g. {\"binarized-mnist\": 1}; default: highest"
+        default_factory=dict,
+        description='pin a model to a version, e.g. {"binarized-mnist": 1}; default: highest',
     )
     host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0 in the container)")
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
@@ -28,8 +33,9 @@ class Settings(BaseSettings):
         1, description="server processes; >1 runs prometheus-client multiprocess mode so /metrics aggregates"
     )
     worker_healthcheck_s: Annotated[int, Field(ge=1)] = Field(
-        30, description="with workers > 1: a worker that does not answer the supervisor's health check in this "
-        "time is restarted (a new one imports torch first, which takes seconds on a busy machine)"
+        30,
+        description="with workers > 1: a worker that does not answer the supervisor's health check in this "
+        "time is restarted (a new one imports torch first, which takes seconds on a busy machine)",
     )
     compute_threads: Annotated[int, Field(ge=0)] = Field(
         0, description="torch intra-op threads for CPU compute (0: torch's default)"
@@ -55,9 +61,12 @@ class Settings(BaseSettings):
     # request limits
     max_request_rows: Annotated[int, Field(ge=1)] = Field(100_000, description="rows in one request")
     max_sample_n: Annotated[int, Field(ge=1)] = Field(1024, description="samples in one request")
-    max_body_bytes: Annotated[int, Field(ge=1024)] = Field(128 * 1024 * 1024, description="request body size (413)")
+    max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
+        128 * 1024 * 1024, description="request body size (413)"
+    )
     max_missing_patterns: Annotated[int, Field(ge=1)] = Field(
-        64, description="distinct patterns of missing values in one request (each costs a pass per mask)")
+        64, description="distinct patterns of missing values in one request (each costs a pass per mask)"
+    )
 
     # operations
     admin_token: SecretStr | None = Field(None, description="bearer token required by admin routes (reload)")

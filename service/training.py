@@ -77,9 +77,13 @@ def mean_nll(model: Density, x: torch.Tensor, masks: int | None = None, batch_ro
     return -sum(float(log_p.sum()) for log_p in model.log_prob_batches(x.split(batch_rows), masks)) / len(x)
 
 
-def train(model: MADEDensity, train_x: torch.Tensor, valid_x: torch.Tensor, config: TrainConfig) -> TrainResult:
+def train(
+    model: MADEDensity, train_x: torch.Tensor, valid_x: torch.Tensor, config: TrainConfig
+) -> TrainResult:
     if not isinstance(model, MADEDensity):
-        raise ValueError("a mixture is not trained as one network: train one-mask models, then `made merge` them")
+        raise ValueError(
+            "a mixture is not trained as one network: train one-mask models, then `made merge` them"
+        )
     device = model.device
     train_x = train_x.to(device)
     generator = torch.Generator().manual_seed(config.seed)
@@ -89,21 +93,34 @@ def train(model: MADEDensity, train_x: torch.Tensor, valid_x: torch.Tensor, conf
     show_bar = sys.stderr.isatty() if config.progress is None else config.progress
     # The averaged weights are a copy of the model whose parameters follow the trained ones; its degree
     # buffers are the model's (they never change in training), so it scores any stored mask as it would.
-    averaged = (torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay))
-        if config.ema_decay else None)
+    averaged = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay)
+        )
+        if config.ema_decay
+        else None
+    )
     evaluated = averaged.module if averaged is not None else model
 
     best_nll, best_epoch, best_state = math.inf, 0, None
     history: list[EpochStats] = []
     step, started = 0, time.monotonic()
-    epochs_bar = tqdm(total=config.epochs, desc="training", unit="epoch", disable=not show_bar, file=sys.stderr)
+    epochs_bar = tqdm(
+        total=config.epochs, desc="training", unit="epoch", disable=not show_bar, file=sys.stderr
+    )
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.monotonic()
         order = torch.randperm(len(train_x), generator=generator).to(device)
-        batches = tqdm(order.split(config.batch_size), desc=f"epoch {epoch}", disable=not show_bar, leave=False,
-                       file=sys.stderr)  # row indices of each minibatch
-        train_nll, step = _epoch(model, train_x, batches, optimizer, scheduler, averaged, config, generator, step)
+        batches = tqdm(
+            order.split(config.batch_size),
+            desc=f"epoch {epoch}",
+            disable=not show_bar,
+            leave=False,
+            file=sys.stderr,
+        )  # row indices of each minibatch
+        train_nll, step = _epoch(
+            model, train_x, batches, optimizer, scheduler, averaged, config, generator, step
+        )
         batches.close()
         valid_nll = mean_nll(evaluated, valid_x, masks=config.valid_masks)
         if config.lr_schedule == "plateau":
@@ -116,14 +133,20 @@ def train(model: MADEDensity, train_x: torch.Tensor, valid_x: torch.Tensor, conf
             best_nll, best_epoch = valid_nll, epoch
             best_state = copy.deepcopy(evaluated.state_dict())
         epochs_bar.update(1)
-        epochs_bar.set_postfix(train_nll=f"{stats.train_nll:.3f}", valid_nll=f"{valid_nll:.3f}", best=f"{best_nll:.3f}")
+        epochs_bar.set_postfix(
+            train_nll=f"{stats.train_nll:.3f}", valid_nll=f"{valid_nll:.3f}", best=f"{best_nll:.3f}"
+        )
         if not show_bar:
             _log_epoch(stats, config.epochs, best_nll)
         if not math.isfinite(stats.train_nll):
-            log.error("training diverged (non-finite loss); keeping the best weights so far", extra={"epoch": epoch})
+            log.error(
+                "training diverged (non-finite loss); keeping the best weights so far", extra={"epoch": epoch}
+            )
             break
         if config.patience and epoch - best_epoch >= config.patience:
-            log.info("early stop: no better validation NLL", extra={"epoch": epoch, "patience": config.patience})
+            log.info(
+                "early stop: no better validation NLL", extra={"epoch": epoch, "patience": config.patience}
+            )
             break
     epochs_bar.close()
     if best_state is not None:
@@ -132,8 +155,17 @@ def train(model: MADEDensity, train_x: torch.Tensor, valid_x: torch.Tensor, conf
     return TrainResult(best_nll, best_epoch, len(history), time.monotonic() - started, history)
 
 
-def _epoch(model: MADEDensity, train_x: torch.Tensor, batches, optimizer, scheduler, averaged,
-           config: TrainConfig, generator: torch.Generator, step: int) -> tuple[float, int]:
+def _epoch(
+    model: MADEDensity,
+    train_x: torch.Tensor,
+    batches,
+    optimizer,
+    scheduler,
+    averaged,
+    config: TrainConfig,
+    generator: torch.Generator,
+    step: int,
+) -> tuple[float, int]:
     """One pass over the minibatches, each under the next stored mask (or a fresh one); returns the mean
     training NLL and the step count so far."""
     network = model.network

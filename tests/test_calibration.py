@@ -35,8 +35,21 @@ def test_made_calibrate_rewrites_the_checkpoint(tmp_path):
     save_tiny(tmp_path / "m", steps=20)
     rows = np.random.default_rng(1).integers(0, 2, size=(400, 8))
     np.save(tmp_path / "normal.npy", rows)
-    result = subprocess.run([MADE, "calibrate", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "normal.npy"),
-                             "--fpr", "0.05"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [
+            MADE,
+            "calibrate",
+            "--model",
+            str(tmp_path / "m"),
+            "--data",
+            str(tmp_path / "normal.npy"),
+            "--fpr",
+            "0.05",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     summary = json.loads(result.stdout)
     config = checkpoint.read_config(tmp_path / "m")
     assert summary["n"] == 400 and config.calibration.n == 400 and config.calibration.default_fpr == 0.05

@@ -17,8 +17,9 @@ from tests.helpers import markov_chain
 
 def made(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True,
-                            env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"made {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result
@@ -31,9 +32,31 @@ def trained(tmp_path_factory):
     train_x = markov_chain(600, 10, seed=1).numpy().astype(np.uint8)
     valid_x = markov_chain(200, 10, seed=2).numpy().astype(np.uint8)
     np.savez(root / "chain.npz", train_x=train_x, valid_x=valid_x)
-    result = made("train", "--data", str(root / "chain.npz"), "--out", str(root / "model"), "--hidden", "64", "64",
-                  "--masks", "4", "--order", "random", "--direct", "--mask-conditioning", "--epochs", "4",
-                  "--batch-size", "50", "--input-shape", "2", "5", "--seed", "3")
+    result = made(
+        "train",
+        "--data",
+        str(root / "chain.npz"),
+        "--out",
+        str(root / "model"),
+        "--hidden",
+        "64",
+        "64",
+        "--masks",
+        "4",
+        "--order",
+        "random",
+        "--direct",
+        "--mask-conditioning",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "50",
+        "--input-shape",
+        "2",
+        "5",
+        "--seed",
+        "3",
+    )
     return root, result
 
 
@@ -53,14 +76,26 @@ def test_train_writes_a_checkpoint_with_its_training_record(trained):
     assert config.calibration.mean == pytest.approx(summary["best_valid_nll"], abs=1e-3)
     # Not a terminal: plain log lines, one per epoch, with both NLLs.
     epoch_lines = [line for line in result.stderr.splitlines() if "made.train: epoch" in line]
-    assert len(epoch_lines) == 4 and all("train_nll=" in line and "valid_nll=" in line for line in epoch_lines)
+    assert len(epoch_lines) == 4 and all(
+        "train_nll=" in line and "valid_nll=" in line for line in epoch_lines
+    )
     assert "chain.npz:valid_x" in result.stderr  # the npz's own validation split was used
 
 
 def test_progress_bar_shows_train_and_valid_nll(tmp_path):
     np.save(tmp_path / "x.npy", markov_chain(300, 6).numpy())
-    result = made("train", "--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "m"), "--hidden", "16",
-                  "--epochs", "2", "--progress")
+    result = made(
+        "train",
+        "--data",
+        str(tmp_path / "x.npy"),
+        "--out",
+        str(tmp_path / "m"),
+        "--hidden",
+        "16",
+        "--epochs",
+        "2",
+        "--progress",
+    )
     assert "valid_nll=" in result.stderr and "train_nll=" in result.stderr and "epoch" in result.stderr
 
 
@@ -71,8 +106,9 @@ def test_eval_prints_one_json_line(trained):
     assert set(line) == {"nll", "bits_per_dim", "n", "masks"}
     assert line["n"] == 200 and line["masks"] == 4
     assert line["bits_per_dim"] == pytest.approx(line["nll"] / (10 * np.log(2)))
-    one = json.loads(made("eval", "--model", str(root / "model"), "--data", str(root / "chain.npz"),
-                          "--masks", "1").stdout)
+    one = json.loads(
+        made("eval", "--model", str(root / "model"), "--data", str(root / "chain.npz"), "--masks", "1").stdout
+    )
     assert one["masks"] == 1 and one["nll"] != line["nll"]
 
 
@@ -80,8 +116,19 @@ def test_score_streams_and_matches_the_library(trained, tmp_path):
     root, _ = trained
     rows = markov_chain(1000, 10, seed=9).numpy()
     np.save(tmp_path / "rows.npy", rows)
-    made("score", "--model", str(root / "model"), "--data", str(tmp_path / "rows.npy"), "--out",
-         str(tmp_path / "scores.npy"), "--batch-rows", "128", "--masks", "3")
+    made(
+        "score",
+        "--model",
+        str(root / "model"),
+        "--data",
+        str(tmp_path / "rows.npy"),
+        "--out",
+        str(tmp_path / "scores.npy"),
+        "--batch-rows",
+        "128",
+        "--masks",
+        "3",
+    )
     scores = np.load(tmp_path / "scores.npy")
     model, _ = checkpoint.load(root / "model")
     with torch.no_grad():
@@ -92,13 +139,36 @@ def test_score_streams_and_matches_the_library(trained, tmp_path):
 def test_sample_is_seeded_and_in_support(trained, tmp_path):
     root, _ = trained
     for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
-        made("sample", "--model", str(root / "model"), "-n", "50", "--seed", seed, "--out", str(tmp_path / f"{name}.npy"))
-    made("sample", "--model", str(root / "model"), "-n", "50", "--seed", "5", "--sampler", "reference",
-         "--out", str(tmp_path / "r.npy"))
+        made(
+            "sample",
+            "--model",
+            str(root / "model"),
+            "-n",
+            "50",
+            "--seed",
+            seed,
+            "--out",
+            str(tmp_path / f"{name}.npy"),
+        )
+    made(
+        "sample",
+        "--model",
+        str(root / "model"),
+        "-n",
+        "50",
+        "--seed",
+        "5",
+        "--sampler",
+        "reference",
+        "--out",
+        str(tmp_path / "r.npy"),
+    )
     a, b, c, r = (np.load(tmp_path / f"{n}.npy") for n in "abcr")
     assert a.shape == (50, 10) and a.dtype == np.int64 and set(np.unique(a)) <= {0, 1}
     assert np.array_equal(a, b) and not np.array_equal(a, c)
-    assert (a != r).mean() < 0.01  # the fast and reference samplers draw the same samples (float32 rounding aside)
+    assert (
+        a != r
+    ).mean() < 0.01  # the fast and reference samplers draw the same samples (float32 rounding aside)
 
 
 def test_user_errors_exit_2_with_one_clear_line(trained, tmp_path):
@@ -107,18 +177,43 @@ def test_user_errors_exit_2_with_one_clear_line(trained, tmp_path):
     bad[2, 7] = 0.5
     np.save(tmp_path / "bad.npy", bad)
     cases = [
-        (["eval", "--model", str(root / "model"), "--data", str(tmp_path / "bad.npy")],
-         "value 0.5 at row 2, column 7 is outside the support of the bernoulli likelihood"),
-        (["eval", "--model", str(root / "model"), "--data", str(root / "chain.npz"), "--masks", "9"],
-         "masks must be between 1 and 4"),
-        (["eval", "--model", str(tmp_path / "missing"), "--data", str(root / "chain.npz")], "not a directory"),
+        (
+            ["eval", "--model", str(root / "model"), "--data", str(tmp_path / "bad.npy")],
+            "value 0.5 at row 2, column 7 is outside the support of the bernoulli likelihood",
+        ),
+        (
+            ["eval", "--model", str(root / "model"), "--data", str(root / "chain.npz"), "--masks", "9"],
+            "masks must be between 1 and 4",
+        ),
+        (
+            ["eval", "--model", str(tmp_path / "missing"), "--data", str(root / "chain.npz")],
+            "not a directory",
+        ),
         (["train", "--data", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "x")], "row 2, column 7"),
-        (["train", "--data", str(root / "chain.npz"), "--out", str(tmp_path / "x"), "--likelihood", "categorical"],
-         "needs the number of categories"),
-        (["sample", "--model", str(root / "model"), "-n", "0", "--out", str(tmp_path / "s.npy")], "-n must be"),
-        (["eval", "--model", str(root / "model"), "--data", str(root / "chain.npz"), "--device", "cuda:7"], "cuda"),
-        (["merge", str(root / "model"), str(root / "model"), "--out", str(tmp_path / "x")],
-         "model 0 has 4 masks; only one-mask models can be merged"),
+        (
+            [
+                "train",
+                "--data",
+                str(root / "chain.npz"),
+                "--out",
+                str(tmp_path / "x"),
+                "--likelihood",
+                "categorical",
+            ],
+            "needs the number of categories",
+        ),
+        (
+            ["sample", "--model", str(root / "model"), "-n", "0", "--out", str(tmp_path / "s.npy")],
+            "-n must be",
+        ),
+        (
+            ["eval", "--model", str(root / "model"), "--data", str(root / "chain.npz"), "--device", "cuda:7"],
+            "cuda",
+        ),
+        (
+            ["merge", str(root / "model"), str(root / "model"), "--out", str(tmp_path / "x")],
+            "model 0 has 4 masks; only one-mask models can be merged",
+        ),
     ]
     for args, message in cases:
         result = made(*args, check=False)
@@ -132,13 +227,37 @@ def test_merge_writes_a_calibrated_mixture_of_its_members(trained, tmp_path):
     members = []
     for seed in (1, 2):
         out = tmp_path / f"member{seed}"
-        made("train", "--data", str(root / "chain.npz"), "--out", str(out), "--hidden", "32", "--order", "random",
-             "--direct", "--epochs", "2", "--batch-size", "50", "--input-shape", "2", "5", "--seed", str(seed))
+        made(
+            "train",
+            "--data",
+            str(root / "chain.npz"),
+            "--out",
+            str(out),
+            "--hidden",
+            "32",
+            "--order",
+            "random",
+            "--direct",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "50",
+            "--input-shape",
+            "2",
+            "5",
+            "--seed",
+            str(seed),
+        )
         members.append(str(out))
     result = made("merge", *members, "--out", str(tmp_path / "mixture"), "--weights-dtype", "int8")
     summary = json.loads(result.stdout)
     config = checkpoint.read_config(tmp_path / "mixture")
-    assert config.mixture and config.n_masks == 2 and config.hidden_sizes == [64] and config.input_shape == [2, 5]
+    assert (
+        config.mixture
+        and config.n_masks == 2
+        and config.hidden_sizes == [64]
+        and config.input_shape == [2, 5]
+    )
     assert config.weights_dtype == "int8" and config.weights_layout == "masked"
     record = config.training
     assert record.command.startswith("made merge ") and [m["path"] for m in record.members] == members

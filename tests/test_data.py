@@ -26,8 +26,12 @@ def test_npz_roles_keys_and_packed_bits(tmp_path):
     rng = np.random.default_rng(1)
     train = (rng.random((30, 13)) > 0.5).astype(np.uint8)
     valid = (rng.random((10, 13)) > 0.5).astype(np.uint8)
-    np.savez(tmp_path / "d.npz", train_x=np.packbits(train, axis=1), valid_x=np.packbits(valid, axis=1),
-             n_dims=np.int64(13))
+    np.savez(
+        tmp_path / "d.npz",
+        train_x=np.packbits(train, axis=1),
+        valid_x=np.packbits(valid, axis=1),
+        n_dims=np.int64(13),
+    )
     spec = str(tmp_path / "d.npz")
     assert np.array_equal(data.load(spec, BERNOULLI, role="train").numpy(), train)
     assert np.array_equal(data.load(spec, BERNOULLI, role="eval").numpy(), valid)
@@ -44,7 +48,11 @@ def test_npz_roles_keys_and_packed_bits(tmp_path):
     [
         (np.nan, BERNOULLI, "value nan at row 3, column 2 is not a finite number"),
         (np.inf, make_likelihood("gaussian"), "value inf at row 3, column 2 is not a finite number"),
-        (0.5, BERNOULLI, r"value 0.5 at row 3, column 2 is outside the support of the bernoulli likelihood \(0 or 1\)"),
+        (
+            0.5,
+            BERNOULLI,
+            r"value 0.5 at row 3, column 2 is outside the support of the bernoulli likelihood \(0 or 1\)",
+        ),
         (3.0, make_likelihood("categorical", categories=3), r"row 3, column 2 .* \(an integer in \[0, 2\]\)"),
         (1.5, make_likelihood("categorical", categories=3), "row 3, column 2 is outside the support"),
         (-1.0, make_likelihood("categorical", categories=3), "row 3, column 2 is outside the support"),

@@ -27,8 +27,17 @@ def test_defaults_and_an_empty_model_list_meaning_every_model():
     assert settings.max_batch_rows == 4096 and settings.request_timeout_s == 30.0
 
 
-@pytest.mark.parametrize("field", [{"port": 70000}, {"max_body_bytes": 10}, {"request_timeout_s": 0},
-                                   {"max_sample_n": 0}, {"log_level": "loud"}, {"no_such_setting": 1}])
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"port": 70000},
+        {"max_body_bytes": 10},
+        {"request_timeout_s": 0},
+        {"max_sample_n": 0},
+        {"log_level": "loud"},
+        {"no_such_setting": 1},
+    ],
+)
 def test_out_of_bounds_or_unknown_settings_are_refused(field):
     with pytest.raises(ValidationError):
         Settings(**field)

@@ -32,9 +32,18 @@ def test_training_learns_the_structure():
 
 def test_order_agnostic_training_learns_in_every_ordering():
     train_x, valid_x = markov_chain(3000, D, seed=3), markov_chain(1000, D, seed=4)
-    model = build(D, "bernoulli", hidden_sizes=(128, 128), n_masks=8, order="random",
-                  direct_connections=True, mask_conditioning=True)
-    train(model, train_x, valid_x, TrainConfig(epochs=15, batch_size=50, lr=3e-3, valid_masks=8, progress=False))
+    model = build(
+        D,
+        "bernoulli",
+        hidden_sizes=(128, 128),
+        n_masks=8,
+        order="random",
+        direct_connections=True,
+        mask_conditioning=True,
+    )
+    train(
+        model, train_x, valid_x, TrainConfig(epochs=15, batch_size=50, lr=3e-3, valid_masks=8, progress=False)
+    )
     assert mean_nll(model, valid_x, masks=8) < ENTROPY + 0.35
     for k in range(8):  # each member on its own is far better than independent bits
         with torch.no_grad():
@@ -43,11 +52,14 @@ def test_order_agnostic_training_learns_in_every_ordering():
 
 def test_fresh_masks_training_runs_and_learns():
     train_x, valid_x = markov_chain(2000, D, seed=5), markov_chain(500, D, seed=6)
-    model = build(D, "bernoulli", hidden_sizes=(256,), n_masks=4, fresh_masks=True,
-                  mask_resampling="connectivity")
+    model = build(
+        D, "bernoulli", hidden_sizes=(256,), n_masks=4, fresh_masks=True, mask_resampling="connectivity"
+    )
     stored = model.network.hidden_degrees_0.clone()
     before = mean_nll(model, valid_x, masks=4)
-    train(model, train_x, valid_x, TrainConfig(epochs=10, batch_size=50, lr=3e-3, valid_masks=4, progress=False))
+    train(
+        model, train_x, valid_x, TrainConfig(epochs=10, batch_size=50, lr=3e-3, valid_masks=4, progress=False)
+    )
     assert torch.equal(model.network.hidden_degrees_0, stored)  # the evaluation set is not overwritten
     # Every step sees new hidden degrees, and each bit here needs a unit of one exact degree, so fresh
     # masks learn this chain far more slowly than a fixed set (measured: 5.5 nats after 30 epochs against
@@ -64,7 +76,8 @@ def test_real_valued_training_learns_a_linear_dependence():
     shift, scale = standardisation(train_x)
     model = build(2, "gaussian", hidden_sizes=(32,), shift=shift, scale=scale)
     train(model, train_x, valid_x, TrainConfig(epochs=20, batch_size=50, lr=3e-3, progress=False))
-    # Exact: log N(x0; 100, 5) + log N(x1 | x0; 0.3 x0, 0.1) -> entropy 0.5 log(2 pi e 25) + 0.5 log(2 pi e 0.01)
+    # Exact: log N(x0; 100, 5) + log N(x1 | x0; 0.3 x0, 0.1)
+    #   -> entropy 0.5 log(2 pi e 25) + 0.5 log(2 pi e 0.01)
     entropy = 0.5 * math.log(2 * math.pi * math.e * 25) + 0.5 * math.log(2 * math.pi * math.e * 0.01)
     assert mean_nll(model, valid_x) < entropy + 0.1
 
@@ -72,15 +85,23 @@ def test_real_valued_training_learns_a_linear_dependence():
 def test_the_weight_average_is_what_is_validated_and_kept():
     train_x, valid_x = markov_chain(3000, D, seed=7), markov_chain(1000, D, seed=8)
     model = build(D, "bernoulli", hidden_sizes=(256,))
-    result = train(model, train_x, valid_x, TrainConfig(epochs=15, batch_size=50, lr=3e-3, ema_decay=0.98,
-                                                         progress=False))
+    result = train(
+        model,
+        train_x,
+        valid_x,
+        TrainConfig(epochs=15, batch_size=50, lr=3e-3, ema_decay=0.98, progress=False),
+    )
     assert mean_nll(model, valid_x) < ENTROPY + 0.2
     assert abs(mean_nll(model, valid_x) - result.best_valid_nll) < 1e-4
     # An average that barely moves keeps the weights of its first update, one Adam step (at most about lr
     # per weight) from the initial ones: the raw trained weights are not what is kept.
     frozen = build(D, "bernoulli", hidden_sizes=(256,))
     initial = {k: v.clone() for k, v in frozen.state_dict().items()}
-    train(frozen, train_x, valid_x, TrainConfig(epochs=2, batch_size=50, lr=3e-3, ema_decay=1 - 1e-9,
-                                                progress=False))
+    train(
+        frozen,
+        train_x,
+        valid_x,
+        TrainConfig(epochs=2, batch_size=50, lr=3e-3, ema_decay=1 - 1e-9, progress=False),
+    )
     assert all(torch.allclose(frozen.state_dict()[k], v, atol=3.1e-3) for k, v in initial.items())
     assert mean_nll(frozen, valid_x) > INDEPENDENT_BITS - 0.5

@@ -121,7 +121,9 @@ class Batcher:
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         if self._loop_task is None:
-            self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.model}")
+            self._loop_task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"batcher-{self.model}"
+            )
 
     @property
     def idle(self) -> bool:
@@ -268,10 +270,14 @@ class Batcher:
                     torch.cuda.empty_cache()
                 return self._retry_in_halves(payloads, exc)
             if len(payloads) > 1:  # find out whose rows fail: each request alone
-                log.warning("batch failed; retrying its requests one by one", extra={"model": self.model,
-                            "operation": self.operation, "error": str(exc)})
+                log.warning(
+                    "batch failed; retrying its requests one by one",
+                    extra={"model": self.model, "operation": self.operation, "error": str(exc)},
+                )
                 return [outcome for p in payloads for outcome in self._guarded([p])]
-            log.exception("model computation failed", extra={"model": self.model, "operation": self.operation})
+            log.exception(
+                "model computation failed", extra={"model": self.model, "operation": self.operation}
+            )
             return [ComputeFailed(f"model computation failed: {exc}")]
 
     def _retry_in_halves(self, payloads: list[Tensors], exc: Exception) -> list:
@@ -281,11 +287,16 @@ class Batcher:
         payload = payloads[0]
         n = rows_of(payload)
         if n <= 1:
-            return [OutOfMemory(f"the device is out of memory even for one row: {exc}",
-                                headers={"Retry-After": "5"})]
+            return [
+                OutOfMemory(
+                    f"the device is out of memory even for one row: {exc}", headers={"Retry-After": "5"}
+                )
+            ]
         middle = n // 2
-        halves = [self._guarded([slice_rows(payload, 0, middle)])[0],
-                  self._guarded([slice_rows(payload, middle, n)])[0]]
+        halves = [
+            self._guarded([slice_rows(payload, 0, middle)])[0],
+            self._guarded([slice_rows(payload, middle, n)])[0],
+        ]
         for half in halves:
             if isinstance(half, BaseException):
                 return [half]
@@ -298,8 +309,9 @@ class Batchers:
     operation share one queue bound. When a model's new version gets its first batcher, the batchers of
     the versions before it stop taking work and close once their queues are drained."""
 
-    def __init__(self, executor: Executor, *, max_batch_rows: int, max_delay_s: float,
-                 max_queue_requests: int):
+    def __init__(
+        self, executor: Executor, *, max_batch_rows: int, max_delay_s: float, max_queue_requests: int
+    ):
         self.executor = executor
         self.max_batch_rows, self.max_delay_s = max_batch_rows, max_delay_s
         self.max_queue_requests = max_queue_requests
@@ -319,9 +331,16 @@ class Batchers:
             return found[1]
         self._retire_other_versions(served)
         budget = self._budgets.setdefault((served.name, operation), QueueBudget(self.max_queue_requests))
-        batcher = Batcher(served.name, operation, compute, self.executor, max_batch_rows=self.max_batch_rows,
-                          max_delay_s=self.max_delay_s, max_queue_requests=self.max_queue_requests,
-                          budget=budget)
+        batcher = Batcher(
+            served.name,
+            operation,
+            compute,
+            self.executor,
+            max_batch_rows=self.max_batch_rows,
+            max_delay_s=self.max_delay_s,
+            max_queue_requests=self.max_queue_requests,
+            budget=budget,
+        )
         batcher.start()
         self._current[key] = (served, batcher)
         return batcher

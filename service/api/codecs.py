@@ -22,8 +22,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The body, refusing (413) one over `limit` bytes whether or not it declares its length."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {int(declared)} bytes is over the limit of {limit} bytes",
-                              limit=limit)
+        raise PayloadTooLarge(
+            f"request body of {int(declared)} bytes is over the limit of {limit} bytes", limit=limit
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -76,8 +77,9 @@ def rows_from_json(value, field: str = "inputs") -> np.ndarray:
     width = len(value[0])
     for i, row in enumerate(value):
         if len(row) != width:
-            raise InvalidInput(f"'{field}' is ragged: row {i} has {len(row)} values, row 0 has {width}",
-                               field=field, row=i)
+            raise InvalidInput(
+                f"'{field}' is ragged: row {i} has {len(row)} values, row 0 has {width}", field=field, row=i
+            )
     try:
         array = np.array(value)  # numbers and booleans only: int64, float64 or bool, at C speed
         if array.dtype.kind in "biuf" and array.ndim == 2:
@@ -88,8 +90,9 @@ def rows_from_json(value, field: str = "inputs") -> np.ndarray:
     for i, row in enumerate(value):
         for j, v in enumerate(row):
             if v is not None and not isinstance(v, int | float):  # bool is an int
-                raise InvalidInput(f"'{field}' row {i}, column {j} is {v!r}, not a number",
-                                   field=field, row=i, column=j)
+                raise InvalidInput(
+                    f"'{field}' row {i}, column {j} is {v!r}, not a number", field=field, row=i, column=j
+                )
     return np.array(value, dtype=np.float64)  # null -> NaN
 
 
@@ -98,8 +101,10 @@ NPY_MAGIC = b"\x93NUMPY"
 
 def rows_from_npy(body: bytes) -> np.ndarray:
     if not body.startswith(NPY_MAGIC):
-        raise MalformedRequest("body is not an .npy array: it does not start with the .npy magic string "
-                               "(write it with numpy.save)")
+        raise MalformedRequest(
+            "body is not an .npy array: it does not start with the .npy magic string "
+            "(write it with numpy.save)"
+        )
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -123,8 +128,12 @@ def require_content_type(request: Request, *allowed: str) -> str:
 
 
 def json_response(payload: dict, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
-                    media_type=JSON, headers=headers)
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type=JSON,
+        headers=headers,
+    )
 
 
 def npy_response(array: np.ndarray, headers: dict | None = None) -> Response:
@@ -136,8 +145,14 @@ def npy_response(array: np.ndarray, headers: dict | None = None) -> Response:
 MISSING_RGB = np.array([90, 90, 110], dtype=np.float64)  # the query tile's missing region: flat grey-blue
 
 
-def png_grid(samples: np.ndarray, shape: list[int], low: float, high: float, scale: int = 2,
-             observed: np.ndarray | None = None) -> bytes:
+def png_grid(
+    samples: np.ndarray,
+    shape: list[int],
+    low: float,
+    high: float,
+    scale: int = 2,
+    observed: np.ndarray | None = None,
+) -> bytes:
     """A grid of images, one per sample, with a 1-pixel gap; values mapped from [low, high] to 0..255.
 
     With `observed` ((D,) bool, conditional sampling) the image is in colour: the first tile is the query,
@@ -164,7 +179,9 @@ def png_grid(samples: np.ndarray, shape: list[int], low: float, high: float, sca
         r, c = divmod(i, columns)
         top, left = 1 + r * (height + 1), 1 + c * (width + 1)
         grid[top : top + height, left : left + width] = tiles[i].astype(np.uint8)
-    image = Image.fromarray(grid if observed is not None else grid[..., 0], mode="RGB" if observed is not None else "L")
+    image = Image.fromarray(
+        grid if observed is not None else grid[..., 0], mode="RGB" if observed is not None else "L"
+    )
     if scale > 1:
         image = image.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
     buffer = io.BytesIO()

@@ -25,7 +25,8 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 async def request_deadline(
     engine: EngineDep,
     x_request_timeout: Annotated[
-        str | None, Header(description="seconds this request may wait in the queue; lowers the server's default")
+        str | None,
+        Header(description="seconds this request may wait in the queue; lowers the server's default"),
     ] = None,
 ) -> float:
     requested = None
@@ -35,8 +36,10 @@ async def request_deadline(
         except ValueError:
             requested = -1.0
         if not requested > 0:
-            raise InvalidInput(f"X-Request-Timeout must be a positive number of seconds, got {x_request_timeout!r}",
-                               field="X-Request-Timeout")
+            raise InvalidInput(
+                f"X-Request-Timeout must be a positive number of seconds, got {x_request_timeout!r}",
+                field="X-Request-Timeout",
+            )
     return engine.deadline(requested)
 
 
@@ -50,8 +53,10 @@ async def require_admin(request: Request, engine: EngineDep) -> None:
     given = request.headers.get("authorization", "")
     expected = f"Bearer {token.get_secret_value()}"
     if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise Unauthorized("this admin route needs 'Authorization: Bearer <admin token>'",
-                           headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized(
+            "this admin route needs 'Authorization: Bearer <admin token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def validate_options(model: type[BaseModel], values: dict, settings: Settings | None = None):
@@ -87,13 +92,23 @@ def body_docs(model: type[BaseModel], npy: bool = False, query: type[BaseModel] 
     """openapi_extra for routes that parse their body themselves: the JSON schema, and .npy if accepted."""
     content = {codecs.JSON: {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}
     if npy:
-        content[codecs.NPY] = {"schema": {"type": "string", "format": "binary",
-                                          "description": "an (N, D) .npy array; options in the query string"}}
+        content[codecs.NPY] = {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "an (N, D) .npy array; options in the query string",
+            }
+        }
     extra: dict = {"requestBody": {"required": True, "content": content}}
     if query is not None:
         extra["parameters"] = [
-            {"name": name, "in": "query", "required": False, "schema": {"type": "string"},
-             "description": f"with an .npy body: {field.description or name}"}
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": f"with an .npy body: {field.description or name}",
+            }
             for name, field in query.model_fields.items()
         ]
     return extra

@@ -80,9 +80,12 @@ class Engine:
         self.compute_executor = ThreadPoolExecutor(1, thread_name_prefix="made-compute")
         self.loader_executor = ThreadPoolExecutor(1, thread_name_prefix="made-loader")
         self.registry = ModelRegistry(settings, self.device, self.loader_executor)
-        self.batchers = Batchers(self.compute_executor, max_batch_rows=settings.max_batch_rows,
-                                 max_delay_s=settings.max_batch_delay_ms / 1000.0,
-                                 max_queue_requests=settings.max_queue_requests)
+        self.batchers = Batchers(
+            self.compute_executor,
+            max_batch_rows=settings.max_batch_rows,
+            max_delay_s=settings.max_batch_delay_ms / 1000.0,
+            max_queue_requests=settings.max_queue_requests,
+        )
         self.draining = False  # set on SIGTERM: readiness fails, new requests get 503
         self.in_flight = 0  # HTTP requests being handled (kept by the request middleware)
         self._tasks: list[asyncio.Task] = []
@@ -126,8 +129,9 @@ class Engine:
         """log p(x) per row (null/NaN entries marginalised out), and per dimension if asked for."""
         return await self._log_prob(self.registry.get(name), rows, masks, per_dimension, deadline)
 
-    async def _log_prob(self, served: ServedModel, rows: np.ndarray, masks: int | None, per_dimension: bool,
-                        deadline: float) -> LogProbResult:
+    async def _log_prob(
+        self, served: ServedModel, rows: np.ndarray, masks: int | None, per_dimension: bool, deadline: float
+    ) -> LogProbResult:
         K = validation.masks(served, masks)
         if per_dimension:
             validation.per_dimension(served, K)
@@ -136,8 +140,12 @@ class Engine:
         marginal = bool(missing.any())  # then log p(x_observed)
         if marginal:
             validation.missing_values(served, missing, K, per_dimension, self.settings.max_missing_patterns)
-        batcher = self.batchers.get(served, "log_prob", (K, per_dimension, marginal),
-                                    compute.log_prob(served, K, per_dimension, marginal))
+        batcher = self.batchers.get(
+            served,
+            "log_prob",
+            (K, per_dimension, marginal),
+            compute.log_prob(served, K, per_dimension, marginal),
+        )
         result = await batcher.submit((x,), deadline)
         conditionals = result[1].numpy() if per_dimension else None
         return LogProbResult(served.version, K, result[0].numpy(), conditionals)
@@ -151,11 +159,19 @@ class Engine:
         fpr = calibration.default_fpr if fpr is None else fpr
         threshold = calibration.threshold(fpr)
         score = -result.log_prob
-        return AnomalyResult(result.version, calibration.masks, fpr, threshold, score,
-                             calibration.p_value(score), score > threshold)
+        return AnomalyResult(
+            result.version,
+            calibration.masks,
+            fpr,
+            threshold,
+            score,
+            calibration.p_value(score),
+            score > threshold,
+        )
 
-    async def sample(self, name: str, request: SampleRequest, deadline: float,
-                     image: bool = False) -> SampleResult:
+    async def sample(
+        self, name: str, request: SampleRequest, deadline: float, image: bool = False
+    ) -> SampleResult:
         """request.n samples; with `observed`, n completions of it drawn from p(x_missing | x_observed), the
         observed values kept exactly. `image`: also what a PNG grid needs (406 for a model without one)."""
         served = self.registry.get(name)
@@ -168,28 +184,40 @@ class Engine:
         observed = validation.observed_row(served, request)
         if observed is None:
             payload = tuple(draw_randomness(served.model, request.n, K, generator))
-            batcher = self.batchers.get(served, "sample", ("unconditional", K),
-                                        compute.sample(served, self.settings.cuda_graphs))
+            batcher = self.batchers.get(
+                served, "sample", ("unconditional", K), compute.sample(served, self.settings.cuda_graphs)
+            )
         else:
             payload = self._conditional_payload(served, observed, request.n, K, generator)
-            batcher = self.batchers.get(served, "sample", ("conditional", K),
-                                        compute.conditional_sample(served, K))
+            batcher = self.batchers.get(
+                served, "sample", ("conditional", K), compute.conditional_sample(served, K)
+            )
         (samples,) = await batcher.submit(payload, deadline)
         values = samples.numpy()
         observed_mask = None if observed is None else ~np.isnan(observed)
-        return SampleResult(served.version, K, seed, served.model.likelihood.cast_samples(values),
-                            self._image(served, values, observed_mask) if image else None)
+        return SampleResult(
+            served.version,
+            K,
+            seed,
+            served.model.likelihood.cast_samples(values),
+            self._image(served, values, observed_mask) if image else None,
+        )
 
-    def _conditional_payload(self, served: ServedModel, observed: np.ndarray, n: int, masks: int,
-                             generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    def _conditional_payload(
+        self, served: ServedModel, observed: np.ndarray, n: int, masks: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, ...]:
         """(given (n, D) with NaN where a value is drawn, then the conditional sampler's randomness)."""
-        given = validation.rows(served, observed[None, :], self.settings.max_request_rows, allow_missing=True,
-                                field="observed")[0].to(served.device)
+        given = validation.rows(
+            served, observed[None, :], self.settings.max_request_rows, allow_missing=True, field="observed"
+        )[0].to(served.device)
         given_mask = ~torch.isnan(given)[None, :]  # (1, D): the dimensions given
-        validation.conditioning(served, given_mask, masks, self.settings.max_missing_patterns,
-                                field="observed")
-        return (given.to(served.model.dtype).expand(n, -1),
-                *draw_conditional_randomness(served.model, n, generator))
+        validation.conditioning(
+            served, given_mask, masks, self.settings.max_missing_patterns, field="observed"
+        )
+        return (
+            given.to(served.model.dtype).expand(n, -1),
+            *draw_conditional_randomness(served.model, n, generator),
+        )
 
     @staticmethod
     def _image(served: ServedModel, values: np.ndarray, observed: np.ndarray | None) -> SampleImage:

@@ -147,8 +147,14 @@ class DeadlineExceeded(APIError):
     server_fault = False
 
 
-def error_response(path: str, status: int, code: str, message: str, details: dict | None = None,
-                   headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    path: str,
+    status: int,
+    code: str,
+    message: str,
+    details: dict | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     if path.startswith("/v2"):
         body = {"error": message}
     else:
@@ -178,8 +184,10 @@ def responses(*errors: type[APIError]) -> dict[int, dict]:
     by_status: dict[int, list[str]] = {}
     for cls in errors:
         by_status.setdefault(cls.status, []).append(f"`{cls.code}`: {(cls.__doc__ or '').split(': ', 1)[-1]}")
-    return {status: {"model": ErrorResponse, "description": "; ".join(lines)}
-            for status, lines in sorted(by_status.items())}
+    return {
+        status: {"model": ErrorResponse, "description": "; ".join(lines)}
+        for status, lines in sorted(by_status.items())
+    }
 
 
 def count(request: Request, code: str) -> None:

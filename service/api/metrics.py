@@ -9,26 +9,40 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401  (re-exported for the route)
-from prometheus_client import multiprocess
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
 REQUEST_DURATION = Histogram(
-    "made_http_request_duration_seconds", "HTTP request latency, by route template, model and status",
-    ["route", "method", "model", "status"], buckets=SECONDS,
+    "made_http_request_duration_seconds",
+    "HTTP request latency, by route template, model and status",
+    ["route", "method", "model", "status"],
+    buckets=SECONDS,
 )
 REQUESTS_IN_FLIGHT = Gauge(
     "made_http_requests_in_flight", "HTTP requests being handled now", multiprocess_mode="livesum"
 )
 QUEUE_WAIT = Histogram(
-    "made_queue_wait_seconds", "time a request waited in the batch queue before its batch ran",
-    ["model", "operation"], buckets=SECONDS,
+    "made_queue_wait_seconds",
+    "time a request waited in the batch queue before its batch ran",
+    ["model", "operation"],
+    buckets=SECONDS,
 )
 COMPUTE = Histogram(
-    "made_model_compute_seconds", "time one merged batch spent in the model", ["model", "operation"], buckets=SECONDS
+    "made_model_compute_seconds",
+    "time one merged batch spent in the model",
+    ["model", "operation"],
+    buckets=SECONDS,
 )
 BATCH_ROWS = Histogram(
     "made_batch_rows", "rows in one merged batch sent to the model", ["model", "operation"], buckets=ROWS
@@ -37,34 +51,54 @@ REQUEST_ROWS = Histogram(
     "made_request_rows", "rows (or samples) asked for by one request", ["model", "operation"], buckets=ROWS
 )
 QUEUE_DEPTH = Gauge(
-    "made_queue_depth", "requests waiting in the batch queue", ["model", "operation"], multiprocess_mode="livesum"
+    "made_queue_depth",
+    "requests waiting in the batch queue",
+    ["model", "operation"],
+    multiprocess_mode="livesum",
 )
 REJECTIONS = Counter(
     "made_rejections_total", "requests refused before reaching the model, by reason", ["model", "reason"]
 )
 ERRORS = Counter("made_errors_total", "requests that failed inside the model, by reason", ["model", "reason"])
 MODEL_STATE = Gauge(
-    "made_model_state", "1 for the model's current state (loading, ready, failed)", ["model", "state"],
+    "made_model_state",
+    "1 for the model's current state (loading, ready, failed)",
+    ["model", "state"],
     multiprocess_mode="livemax",
 )
 MODEL_LOADS = Counter("made_model_loads_total", "model version loads, by result", ["model", "result"])
 MODEL_LOAD_DURATION = Gauge(
-    "made_model_load_duration_seconds", "how long the last load (and warm-up) of the model took", ["model"],
+    "made_model_load_duration_seconds",
+    "how long the last load (and warm-up) of the model took",
+    ["model"],
     multiprocess_mode="livemax",
 )
 MODEL_INFO = Gauge(
-    "made_model_info", "1 for the version being served", ["model", "version", "likelihood", "device"],
+    "made_model_info",
+    "1 for the version being served",
+    ["model", "version", "likelihood", "device"],
     multiprocess_mode="livemax",
 )
 DEVICE_MEMORY = Gauge(
-    "made_device_memory_bytes", "GPU memory held by PyTorch (allocated, reserved)", ["device", "kind"],
+    "made_device_memory_bytes",
+    "GPU memory held by PyTorch (allocated, reserved)",
+    ["device", "kind"],
     multiprocess_mode="livemax",
 )
 
 STATES = ("loading", "ready", "failed")
-REJECTION_REASONS = ("invalid_input", "malformed_request", "payload_too_large", "unsupported_media_type",
-                     "not_acceptable", "queue_full", "deadline_exceeded", "model_not_ready", "not_calibrated",
-                     "shutting_down")
+REJECTION_REASONS = (
+    "invalid_input",
+    "malformed_request",
+    "payload_too_large",
+    "unsupported_media_type",
+    "not_acceptable",
+    "queue_full",
+    "deadline_exceeded",
+    "model_not_ready",
+    "not_calibrated",
+    "shutting_down",
+)
 ERROR_REASONS = ("compute_failed", "out_of_memory", "internal_error")
 
 

@@ -31,9 +31,13 @@ class RequestTracking:
         if engine is not None and engine.draining and path not in ALWAYS_OPEN:
             # before routing: no model label
             metrics.REJECTIONS.labels(model="", reason=ShuttingDown.code).inc()
-            response = error_response(path, ShuttingDown.status, ShuttingDown.code,
-                                      "the server is shutting down; retry elsewhere",
-                                      headers={"Connection": "close", "Retry-After": "1"})
+            response = error_response(
+                path,
+                ShuttingDown.status,
+                ShuttingDown.code,
+                "the server is shutting down; retry elsewhere",
+                headers={"Connection": "close", "Retry-After": "1"},
+            )
             return await response(scope, receive, send)
 
         status = 500
@@ -55,8 +59,9 @@ class RequestTracking:
             errors_log.exception("unhandled error", extra={"method": scope["method"], "path": path})
             metrics.ERRORS.labels(model="", reason=APIError.code).inc()
             if not responded:
-                response = error_response(path, APIError.status, APIError.code,
-                                          "internal error; see the server log")
+                response = error_response(
+                    path, APIError.status, APIError.code, "internal error; see the server log"
+                )
                 await response(scope, receive, send_wrapper)
         finally:
             if engine is not None:
@@ -67,8 +72,16 @@ class RequestTracking:
             template = getattr(route, "path", None) or "unmatched"
             name = (scope.get("path_params") or {}).get("name", "")
             model = name if engine is not None and name in engine.registry.entries else ""
-            metrics.REQUEST_DURATION.labels(route=template, method=scope["method"], model=model,
-                                            status=str(status)).observe(elapsed)
+            metrics.REQUEST_DURATION.labels(
+                route=template, method=scope["method"], model=model, status=str(status)
+            ).observe(elapsed)
             if self.access_log:
-                log.info("request", extra={"method": scope["method"], "path": path, "status": status,
-                                           "seconds": round(elapsed, 6)})
+                log.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "path": path,
+                        "status": status,
+                        "seconds": round(elapsed, 6),
+                    },
+                )

@@ -180,8 +180,15 @@ class ModelRegistry:
             entry.failed_signatures[version] = _signature(path)
             metrics.MODEL_LOADS.labels(model=name, result="failed").inc()
             metrics.set_model_state(name, entry.state)
-            log.error("model failed to load", extra={"model": name, "version": version, "error": str(exc),
-                                                     "serving": entry.current.version if entry.current else None})
+            log.error(
+                "model failed to load",
+                extra={
+                    "model": name,
+                    "version": version,
+                    "error": str(exc),
+                    "serving": entry.current.version if entry.current else None,
+                },
+            )
             return False
         seconds = time.perf_counter() - started
         previous = entry.current
@@ -193,19 +200,30 @@ class ModelRegistry:
         metrics.MODEL_LOAD_DURATION.labels(model=name).set(seconds)
         metrics.set_model_state(name, "ready")
         if previous is not None:
-            metrics.MODEL_INFO.labels(name, str(previous.version), previous.config.likelihood.name,
-                                      str(self.device)).set(0)
+            metrics.MODEL_INFO.labels(
+                name, str(previous.version), previous.config.likelihood.name, str(self.device)
+            ).set(0)
         metrics.MODEL_INFO.labels(name, str(version), config.likelihood.name, str(self.device)).set(1)
-        log.info("model ready", extra={"model": name, "version": version, "seconds": round(seconds, 3),
-                                       "replaced": previous.version if previous else None})
+        log.info(
+            "model ready",
+            extra={
+                "model": name,
+                "version": version,
+                "seconds": round(seconds, 3),
+                "replaced": previous.version if previous else None,
+            },
+        )
         return True
 
     def _load(self, path: Path) -> tuple[Density, CheckpointConfig]:
         """Load and warm one version (runs in the loader thread; the model is not shared yet)."""
         model, config = checkpoint.load(path, device=self.device)
         with torch.inference_mode():
-            warm = model.shift.expand(2, -1).clone() if model.likelihood.real_valued else torch.zeros(
-                2, model.n_dims, device=self.device)
+            warm = (
+                model.shift.expand(2, -1).clone()
+                if model.likelihood.real_valued
+                else torch.zeros(2, model.n_dims, device=self.device)
+            )
             model.log_prob(warm, masks=config.eval_masks)
             sample_fast(model, 1, masks=1, generator=make_generator(0, self.device))  # also builds its plan
         return model, config

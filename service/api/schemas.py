@@ -14,10 +14,14 @@ from pydantic_core import PydanticCustomError
 
 Rows = Annotated[
     list[list[float | None]],
-    Field(description="rows of D numbers each (bernoulli: 0/1; categorical: integers 0..K-1; else reals)",
-          examples=[[[0, 1, 1, 0], [1, 1, 0, 0]]]),
+    Field(
+        description="rows of D numbers each (bernoulli: 0/1; categorical: integers 0..K-1; else reals)",
+        examples=[[[0, 1, 1, 0], [1, 1, 0, 0]]],
+    ),
 ]
-Masks = Annotated[int | None, Field(ge=1, description="ensemble size K (default: the model's); <= stored masks")]
+Masks = Annotated[
+    int | None, Field(ge=1, description="ensemble size K (default: the model's); <= stored masks")
+]
 
 
 REFUSED = "refused"  # the type of a refusal: validate_options shows its message as is, with its details
@@ -47,12 +51,20 @@ class LogProbResponse(BaseModel):
     version: int
     masks: int
     log_prob: list[float] = Field(description="log p(x) in nats, one per row, in request order")
-    per_dimension: list[list[float]] | None = Field(None, description="(rows, D) conditionals; sum = log_prob")
+    per_dimension: list[list[float]] | None = Field(
+        None, description="(rows, D) conditionals; sum = log_prob"
+    )
 
 
 class AnomalyOptions(Strict):
-    fpr: Annotated[float | None, Field(gt=0, lt=1, description="false-positive rate for the threshold "
-                                                               "(default: the model's calibration default)")] = None
+    fpr: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            lt=1,
+            description="false-positive rate for the threshold (default: the model's calibration default)",
+        ),
+    ] = None
 
 
 class AnomalyRequest(AnomalyOptions):
@@ -64,7 +76,9 @@ class AnomalyResponse(BaseModel):
     version: int
     masks: int
     fpr: float
-    threshold: float = Field(description="score above which a row is flagged; flags `fpr` of calibration data")
+    threshold: float = Field(
+        description="score above which a row is flagged; flags `fpr` of calibration data"
+    )
     score: list[float] = Field(description="negative log-likelihood per row, nats")
     p_value: list[float] = Field(description="fraction of calibration rows scoring at least as high")
     is_anomaly: list[bool]
@@ -96,9 +110,13 @@ class Observed(Strict):
 class SampleRequest(Strict):
     n: Annotated[int, Field(ge=1, description="number of samples (<= max_sample_n)")]
     observed: Observed | list[float | None] | None = Field(
-        None, description="condition on these values (inpainting): {indices, values}, or a row of D values with "
-                          "null where a value is to be drawn; samples keep the observed values exactly")
-    seed: Annotated[int | None, Field(ge=0, lt=2**63, description="same seed, same samples (default: random)")] = None
+        None,
+        description="condition on these values (inpainting): {indices, values}, or a row of D values with "
+        "null where a value is to be drawn; samples keep the observed values exactly",
+    )
+    seed: Annotated[
+        int | None, Field(ge=0, lt=2**63, description="same seed, same samples (default: random)")
+    ] = None
     masks: Masks = None
 
     @field_validator("n")
@@ -118,8 +136,10 @@ class SampleRequest(Strict):
         if isinstance(self.observed, Observed):
             row = self.observed.row(n_dims)
         elif len(self.observed) != n_dims:
-            raise ValueError(f"observed has {len(self.observed)} values; the model expects {n_dims} "
-                             "(null where a value is to be drawn)")
+            raise ValueError(
+                f"observed has {len(self.observed)} values; the model expects {n_dims} "
+                "(null where a value is to be drawn)"
+            )
         else:
             row = np.array([np.nan if v is None else v for v in self.observed], dtype=np.float64)
         if not np.isnan(row).any():

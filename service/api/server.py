@@ -40,23 +40,33 @@ class DrainingServer(uvicorn.Server):
             return
         self.drain_started = time.monotonic()
         engine.draining = True
-        log.info("draining: no new work; finishing in-flight and queued requests",
-                 extra={"signal": sig, "grace_s": self.grace_s, "in_flight": engine.in_flight})
+        log.info(
+            "draining: no new work; finishing in-flight and queued requests",
+            extra={"signal": sig, "grace_s": self.grace_s, "in_flight": engine.in_flight},
+        )
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_started is not None and not self.should_exit:
             engine = self._engine()
             elapsed = time.monotonic() - self.drain_started
             if engine is None or engine.idle or elapsed > self.grace_s:
-                log.info("drained" if engine is None or engine.idle else "grace period over; stopping",
-                         extra={"seconds": round(elapsed, 3)})
+                log.info(
+                    "drained" if engine is None or engine.idle else "grace period over; stopping",
+                    extra={"seconds": round(elapsed, 3)},
+                )
                 self.should_exit = True
         return await super().on_tick(counter)
 
 
 def serve(settings: Settings) -> None:
-    common = dict(host=settings.host, port=settings.port, log_config=None, access_log=False,
-                  timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)), server_header=False)
+    common = dict(
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+        server_header=False,
+    )
     if settings.workers > 1:
         # Each worker is its own process with its own models and batchers; metrics are aggregated through
         # prometheus-client's multiprocess directory, which must exist (empty) before the workers start.
@@ -64,8 +74,13 @@ def serve(settings: Settings) -> None:
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             created = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="made-metrics-")
         try:
-            uvicorn.run("service.api.app:create_app", factory=True, workers=settings.workers,
-                        timeout_worker_healthcheck=settings.worker_healthcheck_s, **common)
+            uvicorn.run(
+                "service.api.app:create_app",
+                factory=True,
+                workers=settings.workers,
+                timeout_worker_healthcheck=settings.worker_healthcheck_s,
+                **common,
+            )
         finally:
             if created:
                 shutil.rmtree(created, ignore_errors=True)

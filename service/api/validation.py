@@ -15,14 +15,16 @@ from .registry import ServedModel
 from .schemas import SampleRequest
 
 
-def rows(served: ServedModel, rows: np.ndarray, max_rows: int, allow_missing: bool = False,
-         field: str = "inputs") -> torch.Tensor:
+def rows(
+    served: ServedModel, rows: np.ndarray, max_rows: int, allow_missing: bool = False, field: str = "inputs"
+) -> torch.Tensor:
     """(N, D) rows as the model's tensor: at most `max_rows`, D wide, in the likelihood's support."""
     if rows.shape[0] > max_rows:
         raise InvalidInput(f"{rows.shape[0]} rows in one request; the limit is {max_rows}", limit=max_rows)
     try:
-        return validate(rows, served.model.likelihood, served.model.n_dims, source=field,
-                        allow_missing=allow_missing)
+        return validate(
+            rows, served.model.likelihood, served.model.n_dims, source=field, allow_missing=allow_missing
+        )
     except DataError as exc:
         details = {k: v for k, v in (("row", exc.row), ("column", exc.column)) if v is not None}
         raise InvalidInput(str(exc), field=field, **details) from None
@@ -30,9 +32,11 @@ def rows(served: ServedModel, rows: np.ndarray, max_rows: int, allow_missing: bo
 
 def complete_rows(rows: np.ndarray) -> None:
     if np.isnan(rows).any():
-        raise InvalidInput("anomaly scores need complete rows: the calibration is of full rows, so a "
-                           "marginal likelihood would not be comparable (use log-prob for missing values)",
-                           field="inputs")
+        raise InvalidInput(
+            "anomaly scores need complete rows: the calibration is of full rows, so a "
+            "marginal likelihood would not be comparable (use log-prob for missing values)",
+            field="inputs",
+        )
 
 
 def masks(served: ServedModel, masks: int | None) -> int:
@@ -48,38 +52,49 @@ def per_dimension(served: ServedModel, masks: int) -> None:
     if masks > 1 and not served.shares_ordering(masks):
         raise InvalidInput(
             f"per-dimension conditionals of a {masks}-mask ensemble need masks that share one ordering; "
-            "this model's masks use different orderings (ask for masks=1)", field="per_dimension")
+            "this model's masks use different orderings (ask for masks=1)",
+            field="per_dimension",
+        )
 
 
-def conditioning(served: ServedModel, observed: torch.Tensor, masks: int, max_patterns: int,
-                 field: str) -> None:
+def conditioning(
+    served: ServedModel, observed: torch.Tensor, masks: int, max_patterns: int, field: str
+) -> None:
     """Refuse what the model cannot condition on: too many distinct missing patterns (each costs a network
     pass per mask), or, for a fixed-order model, an observed set that is not a prefix of its ordering
     (conditional.check_observed). `observed` is (N, D) bool."""
     patterns = torch.unique(observed, dim=0)
     if len(patterns) > max_patterns:
-        raise InvalidInput(f"{len(patterns)} distinct patterns of missing values in one request; "
-                           f"the limit is {max_patterns}", field=field, limit=max_patterns)
+        raise InvalidInput(
+            f"{len(patterns)} distinct patterns of missing values in one request; "
+            f"the limit is {max_patterns}",
+            field=field,
+            limit=max_patterns,
+        )
     try:
         check_observed(served.model, patterns, masks)
     except ConditioningError as exc:
         raise InvalidInput(str(exc), field=field) from None
 
 
-def missing_values(served: ServedModel, missing: torch.Tensor, masks: int, per_dimension: bool,
-                   max_patterns: int) -> None:
+def missing_values(
+    served: ServedModel, missing: torch.Tensor, masks: int, per_dimension: bool, max_patterns: int
+) -> None:
     """Rows with missing values ((N, D) bool `missing`) are scored by their marginal likelihood: never with
     per-dimension conditionals, and only for patterns the model can condition on."""
     if per_dimension:
-        raise InvalidInput("per_dimension cannot be combined with missing (null) values",
-                           field="per_dimension")
+        raise InvalidInput(
+            "per_dimension cannot be combined with missing (null) values", field="per_dimension"
+        )
     conditioning(served, ~missing, masks, max_patterns, field="inputs")
 
 
 def calibration(served: ServedModel) -> Calibration:
     if served.calibration is None:
-        raise NotCalibrated(f"model {served.name!r} version {served.version} has no anomaly calibration; "
-                            "run `made calibrate --model DIR --data FILE`")
+        raise NotCalibrated(
+            f"model {served.name!r} version {served.version} has no anomaly calibration; "
+            "run `made calibrate --model DIR --data FILE`"
+        )
     return served.calibration
 
 
@@ -95,6 +110,8 @@ def image_shape(served: ServedModel) -> list[int]:
     """(height, width) of the model's samples as images; 406 for a model without a 2-D input shape."""
     shape = served.config.input_shape
     if not shape or len(shape) != 2:
-        raise NotAcceptable(f"model {served.name!r} has no 2-D input_shape, so it has no image form; "
-                            "ask for application/json or application/x-npy")
+        raise NotAcceptable(
+            f"model {served.name!r} has no 2-D input_shape, so it has no image form; "
+            "ask for application/json or application/x-npy"
+        )
     return shape

@@ -27,7 +27,12 @@ WEIGHTS_FILE = "weights.safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 # Storage dtype of the floating-point tensors. "int8" quantizes the masked layers' weight matrices
 # (layout.py) and keeps the other, small, tensors (biases, scales) in float32.
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.float32}
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int8": torch.float32,
+}
 
 
 def save(
@@ -45,9 +50,14 @@ def save(
     not stored: about half the file) and "dense" otherwise. The model itself is only read."""
     if weights_layout is None:
         weights_layout = "masked" if model.n_masks == 1 or model.config.mixture else "dense"
-    config = CheckpointConfig.describing(model, input_shape=input_shape, training=training,
-                                         calibration=calibration, weights_dtype=weights_dtype,
-                                         weights_layout=weights_layout)
+    config = CheckpointConfig.describing(
+        model,
+        input_shape=input_shape,
+        training=training,
+        calibration=calibration,
+        weights_dtype=weights_dtype,
+        weights_layout=weights_layout,
+    )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     dtype = DTYPES[weights_dtype]
@@ -81,7 +91,9 @@ def _storage(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     fit, which they do for D < 32768; int8 weights as they are."""
     if tensor.is_floating_point():
         return tensor.to(dtype)
-    if tensor.dtype == torch.int64 and (tensor.numel() == 0 or int(tensor.abs().max()) <= torch.iinfo(torch.int16).max):
+    if tensor.dtype == torch.int64 and (
+        tensor.numel() == 0 or int(tensor.abs().max()) <= torch.iinfo(torch.int16).max
+    ):
         return tensor.to(torch.int16)
     return tensor
 
@@ -111,7 +123,8 @@ def read_config(directory: str | os.PathLike) -> CheckpointConfig:
     if not path.is_file():
         pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
         hint = (
-            f" (found {', '.join(pickles)}: pickle checkpoints are never loaded, because unpickling runs code)"
+            f" (found {', '.join(pickles)}: pickle checkpoints are never loaded, "
+            "because unpickling runs code)"
             if pickles
             else ""
         )
@@ -121,7 +134,7 @@ def read_config(directory: str | os.PathLike) -> CheckpointConfig:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a made checkpoint config (expected \"format\": \"{FORMAT}\")")
+        raise CheckpointError(f'{path} is not a made checkpoint config (expected "format": "{FORMAT}")')
     try:
         return CheckpointConfig.model_validate(raw)
     except ValidationError as exc:
@@ -148,10 +161,14 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
                 f"{path} is a pickle (torch.save) file, not safetensors; pickles are never loaded, "
                 "because unpickling runs code"
             ) from None
-        raise CheckpointError(f"{path} is corrupt or truncated (not a readable safetensors file): {exc}") from None
+        raise CheckpointError(
+            f"{path} is corrupt or truncated (not a readable safetensors file): {exc}"
+        ) from None
 
 
-def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Density, CheckpointConfig]:
+def load(
+    directory: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[Density, CheckpointConfig]:
     """The model (float32, eval mode, on `device`) and its validated config."""
     directory = Path(directory)
     config = read_config(directory)
@@ -165,11 +182,17 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
             member_config = architecture.model_copy(update=dict(n_masks=1, eval_masks=1, mixture=False))
             members = []
             for k, member_state in enumerate(layout.split_members(architecture, state)):
-                widths = [member_state[layout.hidden_degrees_name(l)].shape[1] for l in range(len(config.hidden_sizes))]
-                # The degrees are loaded: the order says how mask 0 was first drawn, a member's own ordering else.
+                widths = [
+                    member_state[layout.hidden_degrees_name(layer)].shape[1]
+                    for layer in range(len(config.hidden_sizes))
+                ]
+                # Degrees are loaded: `order` says how mask 0 was first drawn, else a member's own ordering.
                 order = config.order if k == 0 else member_state[layout.INPUT_DEGREES][0].argsort().tolist()
-                member = MADEDensity.from_config(member_config.model_copy(update=dict(hidden_sizes=widths, order=order)),
-                                                 shift=shift, scale=scale)
+                member = MADEDensity.from_config(
+                    member_config.model_copy(update=dict(hidden_sizes=widths, order=order)),
+                    shift=shift,
+                    scale=scale,
+                )
                 member.load_state_dict(member_state)
                 members.append(member)
             model = MADEMixture(members, eval_masks=config.eval_masks)
@@ -181,7 +204,9 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tu
     return model.to(device).eval(), config
 
 
-def _decode(tensors: dict[str, torch.Tensor], config: CheckpointConfig, path: Path) -> dict[str, torch.Tensor]:
+def _decode(
+    tensors: dict[str, torch.Tensor], config: CheckpointConfig, path: Path
+) -> dict[str, torch.Tensor]:
     """The dense float32 state (int64 degrees) from the stored tensors, each checked against the config."""
     mismatch = f"{path} does not match {CONFIG_FILE}"
     shapes = layout.tensor_shapes(config)
@@ -189,15 +214,19 @@ def _decode(tensors: dict[str, torch.Tensor], config: CheckpointConfig, path: Pa
     expected = set(shapes) | {name + layout.SCALE_SUFFIX for name in quantized}
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:
-        problems = [f"missing tensors {missing}" if missing else "", f"unexpected tensors {unexpected}" if unexpected else ""]
+        problems = [
+            f"missing tensors {missing}" if missing else "",
+            f"unexpected tensors {unexpected}" if unexpected else "",
+        ]
         raise CheckpointError(f"{mismatch}: " + "; ".join(p for p in problems if p))
     packed = set(layout.masked_names(config)) if config.weights_layout == "masked" else set()
     state = {}
     for name, tensor in tensors.items():
         want = shapes.get(name) or (shapes[name.removesuffix(layout.SCALE_SUFFIX)][0],)
         if name not in packed and tuple(tensor.shape) != want:  # packed: checked when unpacked
-            raise CheckpointError(f"{mismatch}: tensor {name} has shape {list(tensor.shape)}, "
-                                  f"the config implies {list(want)}")
+            raise CheckpointError(
+                f"{mismatch}: tensor {name} has shape {list(tensor.shape)}, the config implies {list(want)}"
+            )
         if name in quantized:
             if tensor.dtype != torch.int8:
                 raise CheckpointError(f"tensor {name} in {path} should be int8 (weights_dtype int8)")

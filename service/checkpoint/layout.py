@@ -18,7 +18,9 @@ import torch
 from ..made import MADEConfig
 from ..made.masks import check_degrees, layer_masks
 
-UNUSED = 0  # the hidden degree of a unit outside a member's block in a stored mixture (real degrees start at 1)
+UNUSED = (
+    0  # the hidden degree of a unit outside a member's block in a stored mixture (real degrees start at 1)
+)
 SCALE_SUFFIX = ".scale"  # int8: the per-row scale of a quantized weight, stored beside it
 INPUT_DEGREES = "network.input_degrees"
 
@@ -51,8 +53,11 @@ def tensor_shapes(config: MADEConfig) -> dict[str, tuple[int, ...]]:
 
 def masked_names(config: MADEConfig) -> list[str]:
     """The weight matrices that masks apply to: what the masked layout packs and int8 quantizes."""
-    return [name for name, shape in tensor_shapes(config).items()
-            if len(shape) == 2 and not name.startswith(("network.input_degrees", "network.hidden_degrees"))]
+    return [
+        name
+        for name, shape in tensor_shapes(config).items()
+        if len(shape) == 2 and not name.startswith(("network.input_degrees", "network.hidden_degrees"))
+    ]
 
 
 # ---- where each mask's tensors sit ------------------------------------------------------------------------
@@ -100,7 +105,8 @@ def region_of(name: str, k: int, blocks: list[slice], rows: slice) -> Region:
 def mask_degrees(config: MADEConfig, degrees: dict[str, torch.Tensor], k: int, blocks: list[slice]):
     """(input degrees (D,), hidden degrees per layer) of mask k, on its own units only."""
     input_degrees = degrees[INPUT_DEGREES][k]
-    hidden = [degrees[hidden_degrees_name(l)][k, blocks[l]] for l in range(len(config.hidden_sizes))]
+    layers = range(len(config.hidden_sizes))
+    hidden = [degrees[hidden_degrees_name(layer)][k, blocks[layer]] for layer in layers]
     return input_degrees, hidden
 
 
@@ -110,12 +116,13 @@ def check_mask_degrees(config: MADEConfig, degrees: dict[str, torch.Tensor]) -> 
         check_degrees(*mask_degrees(config, degrees, k, blocks), config.n_dims)
 
 
-# ---- mixtures: members <-> one stored network ---------------------------------------------------------------
+# ---- mixtures: members <-> one stored network --------------------------------------------------------------
 def join_members(config: MADEConfig, members: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The stored tensors of a mixture (`config`: the mixture's) from its members' one-mask state dicts;
     entries outside every member's block are zero (and hidden degrees UNUSED there)."""
     shapes = tensor_shapes(config)
-    widths = [[m[hidden_degrees_name(l)].shape[1] for l in range(len(config.hidden_sizes))] for m in members]
+    layers = range(len(config.hidden_sizes))
+    widths = [[m[hidden_degrees_name(layer)].shape[1] for layer in layers] for m in members]
     starts = [0] * len(config.hidden_sizes)
     joined = {name: torch.zeros(shape, dtype=members[0][name].dtype) for name, shape in shapes.items()}
     PD = config.params_per_dim * config.n_dims
@@ -129,11 +136,13 @@ def join_members(config: MADEConfig, members: list[dict[str, torch.Tensor]]) -> 
 
 def split_members(config: MADEConfig, stored: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
     """The inverse of `join_members`: each member's one-mask state dict."""
-    return [{name: tensor[region_of(name, k, blocks, rows)].clone() for name, tensor in stored.items()}
-            for k, (blocks, rows) in enumerate(regions(config, stored))]
+    return [
+        {name: tensor[region_of(name, k, blocks, rows)].clone() for name, tensor in stored.items()}
+        for k, (blocks, rows) in enumerate(regions(config, stored))
+    ]
 
 
-# ---- the masked layout ----------------------------------------------------------------------------------------
+# ---- the masked layout -------------------------------------------------------------------------------------
 def kept_entries(config: MADEConfig, degrees: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Name -> bool (out, in): the entries of each masked weight that some stored mask keeps (the union over
     masks), from the degrees alone."""
@@ -141,7 +150,7 @@ def kept_entries(config: MADEConfig, degrees: dict[str, torch.Tensor]) -> dict[s
     keep = {name: torch.zeros(shapes[name], dtype=torch.bool) for name in masked_names(config)}
     for k, (blocks, rows) in enumerate(regions(config, degrees)):
         masks = layer_masks(*mask_degrees(config, degrees, k, blocks), config.params_per_dim)
-        per_layer = {f"network.hidden.{l}": mask for l, mask in enumerate(masks.hidden)}
+        per_layer = {f"network.hidden.{layer}": mask for layer, mask in enumerate(masks.hidden)}
         per_layer |= {"network.output": masks.output, "network.direct": masks.direct}
         for name in keep:
             region = region_of(name, k, blocks, rows)
@@ -162,15 +171,17 @@ def unpack_masked(state: dict[str, torch.Tensor], keep: dict[str, torch.Tensor])
     for name, kept in keep.items():
         values = state[name]
         if values.dim() != 1 or values.numel() != int(kept.sum()):
-            raise ValueError(f"tensor {name} (masked layout) holds {list(values.shape)} values, "
-                             f"its mask keeps {int(kept.sum())}")
+            raise ValueError(
+                f"tensor {name} (masked layout) holds {list(values.shape)} values, "
+                f"its mask keeps {int(kept.sum())}"
+            )
         dense = torch.zeros(kept.shape, dtype=torch.float32)
         dense[kept] = values.float()
         unpacked[name] = dense
     return unpacked
 
 
-# ---- int8 ------------------------------------------------------------------------------------------------------
+# ---- int8 --------------------------------------------------------------------------------------------------
 def quantize(state: dict[str, torch.Tensor], names: list[str], keep: dict[str, torch.Tensor] | None):
     """int8 storage: each row of a masked weight as round(w / scale) in [-127, 127], scale = max |w| / 127
     over the row's stored entries (a per-row scale follows each unit's own weight range)."""
@@ -180,7 +191,9 @@ def quantize(state: dict[str, torch.Tensor], names: list[str], keep: dict[str, t
         if keep is not None:
             weight = weight * keep[name]
         scale = weight.abs().amax(dim=1) / 127  # (out,)
-        state[name] = torch.round(weight / scale.clamp_min(torch.finfo(torch.float32).tiny)[:, None]).to(torch.int8)
+        state[name] = torch.round(weight / scale.clamp_min(torch.finfo(torch.float32).tiny)[:, None]).to(
+            torch.int8
+        )
         state[name + SCALE_SUFFIX] = scale
     return state
 

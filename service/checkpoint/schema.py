@@ -88,6 +88,7 @@ class CheckpointConfig(MADEConfig):
         """The config of `model` as a checkpoint: its architecture whole, its standardisation, and the
         checkpoint's own fields (input_shape, weights_dtype, weights_layout, training, calibration)."""
         if model.likelihood.real_valued:
-            checkpoint_fields["standardisation"] = Standardisation(shift=model.shift.tolist(),
-                                                                   scale=model.scale.tolist())
+            checkpoint_fields["standardisation"] = Standardisation(
+                shift=model.shift.tolist(), scale=model.scale.tolist()
+            )
         return cls.model_validate(model.config.model_dump() | checkpoint_fields)

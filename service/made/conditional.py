@@ -86,7 +86,9 @@ def _observed_log_probs(model: Density, x: torch.Tensor, pattern: torch.Tensor, 
     out = []
     for k in range(K):
         density, _ = model.component(k)
-        density.network.use_degrees(*observed_first(model, k, pattern))  # until use_mask installs a stored one
+        density.network.use_degrees(
+            *observed_first(model, k, pattern)
+        )  # until use_mask installs a stored one
         conditionals = density.conditionals_for_active_mask(filled)  # (B, D)
         out.append(conditionals[:, pattern].sum(dim=1))
     return torch.stack(out)
@@ -147,4 +149,6 @@ def sample_conditional_from_randomness(
 def sample_conditional(
     model: Density, x: torch.Tensor, masks: int | None = None, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    return sample_conditional_from_randomness(model, x, draw_conditional_randomness(model, len(x), generator), masks)
+    return sample_conditional_from_randomness(
+        model, x, draw_conditional_randomness(model, len(x), generator), masks
+    )

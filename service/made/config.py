@@ -56,7 +56,9 @@ class MADEConfig(BaseModel):
     direct_connections: bool = False  # input-to-output weights, with the strict (output) mask
     mask_conditioning: bool = False  # a learned mask-dependent bias per layer (the paper's section 4)
     n_masks: Annotated[int, Field(ge=1)] = 1  # size of the stored mask set; 1 is a plain MADE
-    mask_resampling: Literal[MASK_RESAMPLING] = "both"  # what differs between masks: the ordering, the connectivity
+    mask_resampling: Literal[MASK_RESAMPLING] = (
+        "both"  # what differs between masks: the ordering, the connectivity
+    )
     fresh_masks: bool = False  # train with a new mask every step; the stored set is for evaluation
     order: str | list[int] = "natural"  # ordering of mask 0: natural | reversed | random | a permutation
     eval_masks: Annotated[int, Field(ge=1)] | None = None  # default ensemble size (None: every stored mask)
@@ -79,7 +81,9 @@ class MADEConfig(BaseModel):
             if self.mask_conditioning or self.fresh_masks:
                 raise ValueError("a mixture has a fixed set of masks without mask conditioning")
             if any(h < self.n_masks for h in self.hidden_sizes):
-                raise ValueError(f"a mixture of {self.n_masks} needs at least {self.n_masks} units per hidden layer")
+                raise ValueError(
+                    f"a mixture of {self.n_masks} needs at least {self.n_masks} units per hidden layer"
+                )
         return self
 
     @property

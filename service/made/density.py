@@ -93,7 +93,9 @@ class Density(nn.Module):
         per_mask = self.log_prob_per_mask(x, masks)
         return torch.logsumexp(per_mask, dim=0) - math.log(per_mask.shape[0])
 
-    def log_prob_batches(self, batches: Iterable[torch.Tensor], masks: int | None = None) -> Iterator[torch.Tensor]:
+    def log_prob_batches(
+        self, batches: Iterable[torch.Tensor], masks: int | None = None
+    ) -> Iterator[torch.Tensor]:
         """float64 log p(x) on the CPU for each batch of rows, in eval mode without autograd: how scoring
         many rows (evaluation, calibration, `made score`) goes."""
         with evaluating(self), torch.no_grad():
@@ -146,8 +148,9 @@ class MADEDensity(Density):
         self.register_buffer("scale", torch.ones(D) if scale is None else scale.float(), persistent=False)
 
     @classmethod
-    def from_config(cls, config: MADEConfig, shift: torch.Tensor | None = None,
-                    scale: torch.Tensor | None = None) -> MADEDensity:
+    def from_config(
+        cls, config: MADEConfig, shift: torch.Tensor | None = None, scale: torch.Tensor | None = None
+    ) -> MADEDensity:
         return cls(MADE(config), config.likelihood.make(), shift=shift, scale=scale)
 
     @property

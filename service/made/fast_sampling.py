@@ -54,16 +54,22 @@ class _MaskPlan:
     def __post_init__(self) -> None:
         D = len(self.ordering)
         self.position = torch.argsort(self.ordering)
-        self.out_steps = [(self.out_bias[q], self.out_weights[q, : self.out_prefix[q]], self.out_prefix[q])
-                          for q in range(D)]
+        self.out_steps = [
+            (self.out_bias[q], self.out_weights[q, : self.out_prefix[q]], self.out_prefix[q])
+            for q in range(D)
+        ]
         self.layer_steps = []
-        for l, (weights, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+        for layer, (weights, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
             steps = []
             for p in range(D + 1):
-                start, end = self.slices[l][p]
-                below_end = p if l == 0 else self.slices[l - 1][p][1]  # the previous layer's final prefix
-                steps.append((bias[start:end], weights[:below_end, start:end], below_end, start, end)
-                             if start < end else None)
+                start, end = self.slices[layer][p]
+                # the previous layer's final prefix
+                below_end = p if layer == 0 else self.slices[layer - 1][p][1]
+                steps.append(
+                    (bias[start:end], weights[:below_end, start:end], below_end, start, end)
+                    if start < end
+                    else None
+                )
             self.layer_steps.append(steps)
 
 
@@ -81,12 +87,17 @@ def _plan(model: Density, k: int) -> tuple[MADEDensity, _MaskPlan]:
     version = (_weights_version(density), density.device, density.dtype)
     if mask not in cache or cache[mask][0] != version:
         network = density.network
-        cache[mask] = (version, build_plan(density, network.input_degrees[mask], network.hidden_degrees(mask)))
+        cache[mask] = (
+            version,
+            build_plan(density, network.input_degrees[mask], network.hidden_degrees(mask)),
+        )
     return density, cache[mask][1]
 
 
 @torch.no_grad()
-def build_plan(model: MADEDensity, input_degrees: torch.Tensor, hidden_degrees: list[torch.Tensor]) -> _MaskPlan:
+def build_plan(
+    model: MADEDensity, input_degrees: torch.Tensor, hidden_degrees: list[torch.Tensor]
+) -> _MaskPlan:
     """The plan of any mask configuration of the model's network, given by its degrees (conditional
     sampling uses its own)."""
     net = model.network
@@ -159,8 +170,8 @@ def sample_with_plan(
             else:
                 z_columns[q].copy_(likelihood.sample_prepared(params, prepared_columns[q]))
         below = z
-        for l, h in enumerate(hidden):
-            step = layer_steps[l][q + 1]  # units of degree q + 1 are final now
+        for layer, h in enumerate(hidden):
+            step = layer_steps[layer][q + 1]  # units of degree q + 1 are final now
             if step is not None:
                 bias, weights, below_end, start, end = step
                 pre = torch.addmm(bias, below[:, :below_end], weights)
@@ -173,7 +184,9 @@ def sample_with_plan(
 
 
 GRAPH_MAX_ROWS = 1024  # above this the walk is bound by arithmetic, not launches: no graph needed
-GRAPH_DEVICES = ("cuda",)  # where walks go through cached fixed-buffer walks (captured as graphs on CUDA only)
+GRAPH_DEVICES = (
+    "cuda",
+)  # where walks go through cached fixed-buffer walks (captured as graphs on CUDA only)
 _CAPTURE_LOCK = threading.Lock()  # one capture at a time (the loader thread warms up while requests run)
 
 
@@ -196,10 +209,14 @@ class GraphedWalk:
         with torch.inference_mode(False), torch.no_grad():
             self._setup(model, plan, rows, noise_per_dim, capture)
 
-    def _setup(self, model: MADEDensity, plan: _MaskPlan, rows: int, noise_per_dim: int, capture: bool) -> None:
+    def _setup(
+        self, model: MADEDensity, plan: _MaskPlan, rows: int, noise_per_dim: int, capture: bool
+    ) -> None:
         self.rows = rows
         # 0.5 is an ordinary draw for every head (uniform or normal noise) while warming up and capturing
-        self.noise = torch.full((rows, model.n_dims, noise_per_dim), 0.5, device=model.device, dtype=model.dtype)
+        self.noise = torch.full(
+            (rows, model.n_dims, noise_per_dim), 0.5, device=model.device, dtype=model.dtype
+        )
         self._walk = lambda: sample_with_plan(model, plan, self.noise)
         self.graph = None
         self.samples = None
@@ -246,20 +263,27 @@ def walk(model: MADEDensity, plan: _MaskPlan, noise: torch.Tensor, cuda_graphs: 
     rows = graph_rows(n)
     graphed = plan.graphs.get(rows)
     if graphed is None:
-        graphed = plan.graphs[rows] = GraphedWalk(model, plan, rows, noise.shape[2],
-                                                  capture=noise.device.type == "cuda")
+        graphed = plan.graphs[rows] = GraphedWalk(
+            model, plan, rows, noise.shape[2], capture=noise.device.type == "cuda"
+        )
     return graphed(noise)
 
 
-def sample_fast_from_randomness(model: Density, randomness: Randomness, cuda_graphs: bool = True) -> torch.Tensor:
+def sample_fast_from_randomness(
+    model: Density, randomness: Randomness, cuda_graphs: bool = True
+) -> torch.Tensor:
     """(n, D) samples in original units; the same function of the randomness as the reference sampler.
     On CUDA each mask's walk runs as a CUDA graph unless `cuda_graphs` is off."""
-    return sample_per_mask(model, randomness,
-                           lambda k, rows: walk(*_plan(model, k), randomness.noise[rows], cuda_graphs))
+    return sample_per_mask(
+        model, randomness, lambda k, rows: walk(*_plan(model, k), randomness.noise[rows], cuda_graphs)
+    )
 
 
 def sample_fast(
-    model: Density, n: int, masks: int | None = None, generator: torch.Generator | None = None,
+    model: Density,
+    n: int,
+    masks: int | None = None,
+    generator: torch.Generator | None = None,
     cuda_graphs: bool = True,
 ) -> torch.Tensor:
     """(n, D) samples from the K-mask ensemble at about one forward pass of cost."""

@@ -19,7 +19,9 @@ class MaskedLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, conditioning: bool = False):
         super().__init__(in_features, out_features, bias=bias)
         # bool: a quarter of a float mask's memory (W * M promotes it back to the weight's dtype)
-        self.register_buffer("mask", torch.ones(out_features, in_features, dtype=torch.bool), persistent=False)
+        self.register_buffer(
+            "mask", torch.ones(out_features, in_features, dtype=torch.bool), persistent=False
+        )
         # Zero start: the term begins as a no-op and learns what each mask needs.
         self.cond_weight = nn.Parameter(torch.zeros(out_features, in_features)) if conditioning else None
         self._cache_key: tuple | None = None  # what the inference cache of W * M was made from

@@ -76,7 +76,9 @@ class LayerMasks(NamedTuple):
     direct: torch.Tensor  # (P*D, D) direct input-to-output connections
 
 
-def layer_masks(input_degrees: torch.Tensor, hidden_degrees: Sequence[torch.Tensor], params_per_dim: int) -> LayerMasks:
+def layer_masks(
+    input_degrees: torch.Tensor, hidden_degrees: Sequence[torch.Tensor], params_per_dim: int
+) -> LayerMasks:
     """Every masked layer's mask for one mask configuration. Output unit p*D + d is parameter p of
     dimension d, so it takes the degree of input d."""
     hidden, previous = [], input_degrees
@@ -84,7 +86,9 @@ def layer_masks(input_degrees: torch.Tensor, hidden_degrees: Sequence[torch.Tens
         hidden.append(hidden_mask(previous, degrees))
         previous = degrees
     output_degrees = input_degrees.repeat(params_per_dim)
-    return LayerMasks(hidden, output_mask(previous, output_degrees), output_mask(input_degrees, output_degrees))
+    return LayerMasks(
+        hidden, output_mask(previous, output_degrees), output_mask(input_degrees, output_degrees)
+    )
 
 
 def check_degrees(input_degrees: torch.Tensor, hidden_degrees: Sequence[torch.Tensor], n_dims: int) -> None:

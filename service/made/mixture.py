@@ -36,10 +36,15 @@ class MADEMixture(Density):
         its checkpoint describes); the order and seed are the first member's."""
         first = self.members[0].config
         widths = [m.config.hidden_sizes for m in self.members]
-        return MADEConfig(**first.model_dump(exclude={"hidden_sizes", "n_masks", "eval_masks", "mask_resampling",
-                                                      "fresh_masks", "mixture"}),
-                          hidden_sizes=[sum(layer) for layer in zip(*widths, strict=True)],
-                          n_masks=len(self.members), eval_masks=self.eval_masks, mixture=True)
+        return MADEConfig(
+            **first.model_dump(
+                exclude={"hidden_sizes", "n_masks", "eval_masks", "mask_resampling", "fresh_masks", "mixture"}
+            ),
+            hidden_sizes=[sum(layer) for layer in zip(*widths, strict=True)],
+            n_masks=len(self.members),
+            eval_masks=self.eval_masks,
+            mixture=True,
+        )
 
     @property
     def likelihood(self):

@@ -15,7 +15,14 @@ from torch import nn
 
 from .config import ACTIVATIONS, MADEConfig
 from .layers import MaskedLinear
-from .masks import degrees_from_ordering, layer_masks, make_ordering, ordering_from_degrees, sample_hidden_degrees
+from .masks import (
+    degrees_from_ordering,
+    layer_masks,
+    make_ordering,
+    ordering_from_degrees,
+    sample_hidden_degrees,
+)
+
 
 class MADE(nn.Module):
     def __init__(self, config: MADEConfig):
@@ -28,7 +35,7 @@ class MADE(nn.Module):
         sizes = [D, *config.hidden_sizes]
         self.hidden = nn.ModuleList(
             MaskedLinear(n_in, n_out, conditioning=config.mask_conditioning)
-            for n_in, n_out in zip(sizes[:-1], sizes[1:])
+            for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
         )
         self.activation = ACTIVATIONS[config.activation]()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
@@ -113,8 +120,9 @@ class MADE(nn.Module):
         # Normal tensors even when called in inference mode (the server's warm-up): the inference cache
         # keys on the masks' version counters, which inference tensors do not have.
         with torch.inference_mode(False):
-            masks = layer_masks(input_degrees.to(device), [h.to(device) for h in hidden_degrees],
-                                self.params_per_dim)
+            masks = layer_masks(
+                input_degrees.to(device), [h.to(device) for h in hidden_degrees], self.params_per_dim
+            )
         for layer, mask in zip(self.hidden, masks.hidden, strict=True):
             layer.mask = mask
         self.output.mask = masks.output

@@ -28,6 +28,13 @@ def slow_repository(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repository):
-    with running(repository, env={"MADE_MAX_REQUEST_ROWS": "2000", "MADE_MAX_SAMPLE_N": "500",
-                                  "MADE_MAX_BODY_BYTES": "200000", "MADE_ADMIN_TOKEN": "s3cret"}) as s:
+    with running(
+        repository,
+        env={
+            "MADE_MAX_REQUEST_ROWS": "2000",
+            "MADE_MAX_SAMPLE_N": "500",
+            "MADE_MAX_BODY_BYTES": "200000",
+            "MADE_ADMIN_TOKEN": "s3cret",
+        },
+    ) as s:
         yield s

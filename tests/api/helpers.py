@@ -28,16 +28,27 @@ def save_tiny(path: Path, seed: int = 0, steps: int = 200, n_dims: int = 8, **op
     """A calibrated binary model over D=8 (2x4 'images'; D/2 columns for another even D), order- and
     connectivity-agnostic, 4 masks."""
     torch.manual_seed(seed)
-    settings = dict(hidden_sizes=(32, 32), n_masks=4, eval_masks=2, order="random", direct_connections=True,
-                    mask_conditioning=True, seed=seed) | options
+    settings = (
+        dict(
+            hidden_sizes=(32, 32),
+            n_masks=4,
+            eval_masks=2,
+            order="random",
+            direct_connections=True,
+            mask_conditioning=True,
+            seed=seed,
+        )
+        | options
+    )
     model = build(n_dims, "bernoulli", **settings)
     data = markov_chain(400, n_dims, seed=seed)
     take_training_steps(model, data, steps=steps)
     K = model.config.eval_masks
     held_out = markov_chain(300, n_dims, seed=seed + 1)
     calibrated = calibration.calibrate(calibration.scores_of(model, held_out, K), K)
-    checkpoint.save(model, path, input_shape=[2, n_dims // 2], calibration=calibrated,
-                    training={"seed": seed})
+    checkpoint.save(
+        model, path, input_shape=[2, n_dims // 2], calibration=calibrated, training={"seed": seed}
+    )
 
 
 def save_slow(path: Path) -> None:
@@ -72,7 +83,9 @@ class Server:
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [*SERVE_COMMAND, "--model-repository", str(repository), "--port", str(self.port), *flags],
-            env=environment, stdout=self.log, stderr=subprocess.STDOUT,
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
@@ -80,7 +93,9 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+                raise RuntimeError(
+                    f"server exited with {self.process.returncode}:\n{self.log_path.read_text()}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if self.client.get("/readyz").status_code == 200:
                     return

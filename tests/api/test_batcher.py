@@ -166,8 +166,9 @@ def test_a_poisoned_request_fails_alone():
         batcher = make(compute, max_delay_s=0.05)
         batcher.start()
         deadline = asyncio.get_running_loop().time() + 5
-        return await asyncio.gather(*(batcher.submit((rows(10 * i, 5),), deadline) for i in range(4)),
-                                    return_exceptions=True)
+        return await asyncio.gather(
+            *(batcher.submit((rows(10 * i, 5),), deadline) for i in range(4)), return_exceptions=True
+        )
 
     results = run(main())
     assert isinstance(results[1], ComputeFailed)  # rows 10..14 hold the poison 13
@@ -203,18 +204,38 @@ def test_batchers_of_one_model_and_operation_share_one_queue_bound():
 
     async def main():
         budget = QueueBudget(2)
-        a = Batcher("m", "op", compute, ThreadPoolExecutor(1), max_batch_rows=64, max_delay_s=0.0,
-                    max_queue_requests=2, budget=budget)
-        b = Batcher("m", "op", compute, ThreadPoolExecutor(1), max_batch_rows=64, max_delay_s=0.0,
-                    max_queue_requests=2, budget=budget)
+        a = Batcher(
+            "m",
+            "op",
+            compute,
+            ThreadPoolExecutor(1),
+            max_batch_rows=64,
+            max_delay_s=0.0,
+            max_queue_requests=2,
+            budget=budget,
+        )
+        b = Batcher(
+            "m",
+            "op",
+            compute,
+            ThreadPoolExecutor(1),
+            max_batch_rows=64,
+            max_delay_s=0.0,
+            max_queue_requests=2,
+            budget=budget,
+        )
         a.start()
         b.start()
         deadline = asyncio.get_running_loop().time() + 5
-        running = [asyncio.ensure_future(a.submit((rows(0, 1),), deadline)),
-                   asyncio.ensure_future(b.submit((rows(1, 1),), deadline))]
+        running = [
+            asyncio.ensure_future(a.submit((rows(0, 1),), deadline)),
+            asyncio.ensure_future(b.submit((rows(1, 1),), deadline)),
+        ]
         await asyncio.sleep(0.05)  # both taken: computing (blocked), not waiting
-        waiting = [asyncio.ensure_future(a.submit((rows(2, 1),), deadline)),
-                   asyncio.ensure_future(b.submit((rows(3, 1),), deadline))]
+        waiting = [
+            asyncio.ensure_future(a.submit((rows(2, 1),), deadline)),
+            asyncio.ensure_future(b.submit((rows(3, 1),), deadline)),
+        ]
         await asyncio.sleep(0.01)
         with pytest.raises(QueueFull):
             await a.submit((rows(4, 1),), deadline)

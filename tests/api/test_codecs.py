@@ -32,12 +32,15 @@ def test_json_rows_keep_integers_turn_booleans_to_bits_and_nulls_to_nan():
     assert rows[0, 0] == 0.5 and np.isnan(rows[0, 1])
 
 
-@pytest.mark.parametrize(("value", "message", "details"), [
-    ("rows", "must be a list of rows", {"field": "inputs"}),
-    ([], "is empty", {"field": "inputs"}),
-    ([[0, 1], [1]], "ragged: row 1 has 1 values", {"field": "inputs", "row": 1}),
-    ([[0, "x"]], "row 0, column 1 is 'x'", {"field": "inputs", "row": 0, "column": 1}),
-])
+@pytest.mark.parametrize(
+    ("value", "message", "details"),
+    [
+        ("rows", "must be a list of rows", {"field": "inputs"}),
+        ([], "is empty", {"field": "inputs"}),
+        ([[0, 1], [1]], "ragged: row 1 has 1 values", {"field": "inputs", "row": 1}),
+        ([[0, "x"]], "row 0, column 1 is 'x'", {"field": "inputs", "row": 0, "column": 1}),
+    ],
+)
 def test_bad_json_rows_are_named(value, message, details):
     with pytest.raises(InvalidInput) as refused:
         codecs.rows_from_json(value)
@@ -77,6 +80,9 @@ def test_png_grid_tiles_samples_with_a_gap_and_maps_the_range():
     assert image.mode == "L" and pixels.shape == (1 * 3 + 1, 2 * 4 + 1)  # one row of two tiles
     assert pixels[1:3, 1:4].tolist() == [[0, 255, 255], [0, 0, 0]]
     assert (pixels[1:3, 5:8] == 255).all() and (pixels[0] == 128).all()
-    coloured = Image.open(io.BytesIO(codecs.png_grid(samples, [2, 3], 0.0, 1.0, scale=1,
-                                                     observed=np.array([True] * 3 + [False] * 3))))
+    coloured = Image.open(
+        io.BytesIO(
+            codecs.png_grid(samples, [2, 3], 0.0, 1.0, scale=1, observed=np.array([True] * 3 + [False] * 3))
+        )
+    )
     assert coloured.mode == "RGB"

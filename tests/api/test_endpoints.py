@@ -35,7 +35,13 @@ def test_model_listing_and_details(server):
     tiny = server.client.get("/v1/models/tiny").json()
     assert tiny["status"] == "ready" and tiny["version"] == 1 and tiny["n_dims"] == 8
     assert tiny["input_shape"] == [2, 4] and tiny["likelihood"] == {"name": "bernoulli"}
-    assert tiny["masks"] == {"stored": 4, "default": 2, "resampling": "both", "fresh_masks": False, "mixture": False}
+    assert tiny["masks"] == {
+        "stored": 4,
+        "default": 2,
+        "resampling": "both",
+        "fresh_masks": False,
+        "mixture": False,
+    }
     assert tiny["device"] == "cpu" and tiny["training"]["seed"] == 0
     assert tiny["calibration"]["n"] == 300 and tiny["calibration"]["masks"] == 2
     assert server.client.get("/v1/models/none").status_code == 404
@@ -56,8 +62,20 @@ def test_log_prob_matches_the_library(server, repository):
 def test_log_prob_over_http_equals_made_score(server, repository, tmp_path):
     rows = markov_chain(200, 8, seed=8).numpy()
     np.save(tmp_path / "rows.npy", rows)
-    subprocess.run([MADE, "score", "--model", str(repository / "tiny" / "1"), "--data", str(tmp_path / "rows.npy"),
-                    "--out", str(tmp_path / "scores.npy")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            MADE,
+            "score",
+            "--model",
+            str(repository / "tiny" / "1"),
+            "--data",
+            str(tmp_path / "rows.npy"),
+            "--out",
+            str(tmp_path / "scores.npy"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     answer = server.client.post("/v1/models/tiny/log-prob", json={"inputs": rows.tolist()}).json()
     np.testing.assert_allclose(answer["log_prob"], np.load(tmp_path / "scores.npy"), atol=1e-6)
 
@@ -65,7 +83,9 @@ def test_log_prob_over_http_equals_made_score(server, repository, tmp_path):
 def test_probabilities_over_http_sum_to_one(server):
     everything = all_binary(8).tolist()
     for masks in (1, 4):
-        log_p = server.client.post("/v1/models/tiny/log-prob", json={"inputs": everything, "masks": masks}).json()
+        log_p = server.client.post(
+            "/v1/models/tiny/log-prob", json={"inputs": everything, "masks": masks}
+        ).json()
         assert abs(np.exp(np.array(log_p["log_prob"])).sum() - 1) < 1e-5
 
 
@@ -73,19 +93,25 @@ def test_json_booleans_count_as_bits(server):
     bits = [[0, 1, 1, 0, 0, 1, 1, 0], [1, 1, 1, 1, 0, 0, 0, 0]]
     as_bools = [[bool(v) for v in row] for row in bits]
     mixed = [[False, True, 1, 0, False, 1, True, 0], bits[1]]
-    answers = [server.client.post("/v1/models/tiny/log-prob", json={"inputs": rows}).json()["log_prob"]
-               for rows in (bits, as_bools, mixed)]
+    answers = [
+        server.client.post("/v1/models/tiny/log-prob", json={"inputs": rows}).json()["log_prob"]
+        for rows in (bits, as_bools, mixed)
+    ]
     assert answers[0] == answers[1] == answers[2]
 
 
 def test_per_dimension_conditionals(server, repository):
     rows = markov_chain(5, 8, seed=2).tolist()
-    answer = server.client.post("/v1/models/tiny-fixed/log-prob", json={"inputs": rows, "per_dimension": True}).json()
+    answer = server.client.post(
+        "/v1/models/tiny-fixed/log-prob", json={"inputs": rows, "per_dimension": True}
+    ).json()
     per_dim = np.array(answer["per_dimension"])
     assert per_dim.shape == (5, 8)
     np.testing.assert_allclose(per_dim.sum(1), answer["log_prob"], atol=1e-5)
     # mixed orderings cannot have per-dimension conditionals: a clear 422, not a 500
-    refused = server.client.post("/v1/models/tiny/log-prob", json={"inputs": rows, "per_dimension": True, "masks": 4})
+    refused = server.client.post(
+        "/v1/models/tiny/log-prob", json={"inputs": rows, "per_dimension": True, "masks": 4}
+    )
     assert refused.status_code == 422 and "share one ordering" in refused.json()["error"]["message"]
 
 
@@ -94,13 +120,18 @@ def test_npy_in_and_out(server, repository):
     rows = markov_chain(50, 8, seed=3).numpy().astype(np.uint8)
     buffer = io.BytesIO()
     np.save(buffer, rows)
-    answer = server.client.post("/v1/models/tiny/log-prob?masks=4", content=buffer.getvalue(),
-                                headers={"content-type": "application/x-npy", "accept": "application/x-npy"})
+    answer = server.client.post(
+        "/v1/models/tiny/log-prob?masks=4",
+        content=buffer.getvalue(),
+        headers={"content-type": "application/x-npy", "accept": "application/x-npy"},
+    )
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/x-npy"
     assert answer.headers["x-masks"] == "4" and answer.headers["x-model-version"] == "1"
     log_p = np.load(io.BytesIO(answer.content), allow_pickle=False)
     with torch.no_grad():
-        np.testing.assert_allclose(log_p, model.log_prob(torch.from_numpy(rows).float(), masks=4).numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            log_p, model.log_prob(torch.from_numpy(rows).float(), masks=4).numpy(), atol=1e-5
+        )
 
 
 def test_anomaly_scores_p_values_and_thresholds(server, repository):
@@ -112,11 +143,19 @@ def test_anomaly_scores_p_values_and_thresholds(server, repository):
     assert answer["threshold"] == pytest.approx(config.calibration.threshold())
     assert all(answer["is_anomaly"][-3:]) and np.mean(answer["is_anomaly"][:100]) < 0.1
     assert all(p <= 0.01 for p in answer["p_value"][-3:]) and np.median(answer["p_value"][:100]) > 0.2
-    np.testing.assert_allclose(answer["score"], -np.array(server.client.post(
-        "/v1/models/tiny/log-prob", json={"inputs": normal + weird, "masks": 2}).json()["log_prob"]))
+    np.testing.assert_allclose(
+        answer["score"],
+        -np.array(
+            server.client.post(
+                "/v1/models/tiny/log-prob", json={"inputs": normal + weird, "masks": 2}
+            ).json()["log_prob"]
+        ),
+    )
     looser = server.client.post("/v1/models/tiny/anomaly", json={"inputs": normal, "fpr": 0.5}).json()
     assert looser["fpr"] == 0.5 and looser["threshold"] < answer["threshold"]
-    table = server.client.post("/v1/models/tiny/anomaly", json={"inputs": normal}, headers={"accept": "application/x-npy"})
+    table = server.client.post(
+        "/v1/models/tiny/anomaly", json={"inputs": normal}, headers={"accept": "application/x-npy"}
+    )
     records = np.load(io.BytesIO(table.content), allow_pickle=False)
     assert records.dtype.names == ("score", "p_value", "is_anomaly") and len(records) == 100
     uncalibrated = server.client.post("/v1/models/gauss/anomaly", json={"inputs": [[4.0, 4.0, 4.0]]})
@@ -131,9 +170,13 @@ def test_sampling_is_seeded_and_offers_json_npy_and_png(server):
     assert first["seed"] == 7 and np.array(first["samples"]).shape == (20, 8)
     assert set(np.unique(first["samples"])) <= {0, 1}
     unseeded = server.client.post("/v1/models/tiny/sample", json={"n": 3})
-    replay = server.client.post("/v1/models/tiny/sample", json={"n": 3, "seed": int(unseeded.headers["x-seed"])})
+    replay = server.client.post(
+        "/v1/models/tiny/sample", json={"n": 3, "seed": int(unseeded.headers["x-seed"])}
+    )
     assert unseeded.json()["samples"] == replay.json()["samples"]
-    npy = server.client.post("/v1/models/tiny/sample", json={"n": 20, "seed": 7}, headers={"accept": "application/x-npy"})
+    npy = server.client.post(
+        "/v1/models/tiny/sample", json={"n": 20, "seed": 7}, headers={"accept": "application/x-npy"}
+    )
     assert np.array_equal(np.load(io.BytesIO(npy.content)), np.array(first["samples"]))
     png = server.client.post("/v1/models/tiny/sample", json={"n": 9}, headers={"accept": "image/png"})
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
@@ -146,8 +189,14 @@ def test_sampling_is_seeded_and_offers_json_npy_and_png(server):
 
 def test_openapi_and_docs(server):
     spec = server.client.get("/openapi.json").json()
-    for path in ("/v1/models/{name}/log-prob", "/v1/models/{name}/anomaly", "/v1/models/{name}/sample",
-                 "/v2/models/{name}/infer", "/readyz", "/metrics"):
+    for path in (
+        "/v1/models/{name}/log-prob",
+        "/v1/models/{name}/anomaly",
+        "/v1/models/{name}/sample",
+        "/v2/models/{name}/infer",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in spec["paths"]
     body = spec["paths"]["/v1/models/{name}/log-prob"]["post"]["requestBody"]["content"]
     assert "application/json" in body and "application/x-npy" in body
@@ -162,16 +211,20 @@ def test_kserve_v2(server, repository):
     assert meta["inputs"][0]["shape"] == [-1, 8] and meta["outputs"][0]["name"] == "log_prob"
     assert server.client.get("/v2/models/tiny/ready").json() == {"name": "tiny", "ready": True}
     rows = markov_chain(6, 8, seed=4)
-    request = {"id": "r1", "inputs": [{"name": "input", "shape": [6, 8], "datatype": "FP32",
-                                       "data": rows.flatten().tolist()}]}
+    request = {
+        "id": "r1",
+        "inputs": [{"name": "input", "shape": [6, 8], "datatype": "FP32", "data": rows.flatten().tolist()}],
+    }
     answer = server.client.post("/v2/models/tiny/infer", json=request).json()
     assert answer["model_name"] == "tiny" and answer["model_version"] == "1" and answer["id"] == "r1"
     output = answer["outputs"][0]
     assert output["name"] == "log_prob" and output["shape"] == [6] and output["datatype"] == "FP64"
     with torch.no_grad():
         np.testing.assert_allclose(output["data"], model.log_prob(rows).numpy(), atol=1e-5)
-    bad = server.client.post("/v2/models/tiny/infer", json={"inputs": [{"name": "input", "shape": [1, 7],
-                                                                        "datatype": "FP32", "data": [0] * 7}]})
+    bad = server.client.post(
+        "/v2/models/tiny/infer",
+        json={"inputs": [{"name": "input", "shape": [1, 7], "datatype": "FP32", "data": [0] * 7}]},
+    )
     assert bad.status_code == 422 and isinstance(bad.json()["error"], str)  # the protocol's error shape
     assert server.client.get("/v2/models/none").status_code == 404
 
@@ -179,11 +232,14 @@ def test_kserve_v2(server, repository):
 def test_many_concurrent_clients_get_their_own_rows_in_order(server, repository):
     model, _ = local(repository)
     generator = np.random.default_rng(0)
-    requests = [(generator.integers(0, 2, size=(int(generator.integers(1, 40)), 8))).astype(float)
-                for _ in range(120)]
+    requests = [
+        (generator.integers(0, 2, size=(int(generator.integers(1, 40)), 8))).astype(float) for _ in range(120)
+    ]
 
     def ask(rows):
-        return server.client.post("/v1/models/tiny/log-prob", json={"inputs": rows.tolist()}).json()["log_prob"]
+        return server.client.post("/v1/models/tiny/log-prob", json={"inputs": rows.tolist()}).json()[
+            "log_prob"
+        ]
 
     with ThreadPoolExecutor(24) as pool:
         answers = list(pool.map(ask, requests))
@@ -192,4 +248,5 @@ def test_many_concurrent_clients_get_their_own_rows_in_order(server, repository)
             expected = model.log_prob(torch.from_numpy(rows).float()).numpy()
             np.testing.assert_allclose(answer, expected, atol=1e-5)
     assert server.metric("made_batch_rows_count", model="tiny") < server.metric(
-        "made_request_rows_count", model="tiny", operation="log_prob")  # requests were merged
+        "made_request_rows_count", model="tiny", operation="log_prob"
+    )  # requests were merged

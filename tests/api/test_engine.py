@@ -53,8 +53,10 @@ def test_log_prob_and_anomaly_are_the_models_own_numbers(repository):
 
     async def operation(engine):
         deadline = engine.deadline(None)
-        return (await engine.log_prob("tiny", rows.numpy(), 1, True, deadline),
-                await engine.anomaly("tiny", rows.numpy(), 0.25, deadline))
+        return (
+            await engine.log_prob("tiny", rows.numpy(), 1, True, deadline),
+            await engine.anomaly("tiny", rows.numpy(), 0.25, deadline),
+        )
 
     log_prob, anomaly = run_with_engine(repository, operation)
     expected = model.log_prob(rows, masks=1).detach().double().numpy()
@@ -98,8 +100,10 @@ def test_samples_come_in_the_likelihoods_dtype_with_what_an_image_needs(reposito
     async def operation(engine):
         deadline = engine.deadline(None)
         request = SampleRequest(n=6, seed=3, observed={"indices": [0, 1], "values": [1, 0]})
-        return (await engine.sample("tiny", request, deadline, image=True),
-                await engine.sample("gauss", SampleRequest(n=4, seed=3), deadline))
+        return (
+            await engine.sample("tiny", request, deadline, image=True),
+            await engine.sample("gauss", SampleRequest(n=4, seed=3), deadline),
+        )
 
     binary, real = run_with_engine(repository, operation)
     assert binary.samples.dtype == np.int64 and binary.samples.shape == (6, 8)

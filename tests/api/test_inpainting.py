@@ -26,8 +26,10 @@ def test_samples_keep_the_observed_values_and_are_seeded(server):
 
 
 def test_a_fixed_order_model_conditions_on_a_prefix(server):
-    answer = server.client.post("/v1/models/tiny-fixed/sample",
-                                json={"n": 20, "observed": {"indices": [0, 1, 2], "values": [1, 1, 0]}})
+    answer = server.client.post(
+        "/v1/models/tiny-fixed/sample",
+        json={"n": 20, "observed": {"indices": [0, 1, 2], "values": [1, 1, 0]}},
+    )
     assert answer.status_code == 200
     assert (np.array(answer.json()["samples"])[:, :3] == [1, 1, 0]).all()
 
@@ -45,14 +47,20 @@ def test_log_prob_of_rows_with_nulls_is_their_marginal(server, repository):
     np.testing.assert_allclose(answer["log_prob"][2], full[0], atol=1e-5)  # nothing missing: the joint
     buffer = io.BytesIO()
     np.save(buffer, x.numpy())
-    npy = server.client.post("/v1/models/tiny/log-prob?masks=3", content=buffer.getvalue(),
-                             headers={"content-type": "application/x-npy"}).json()
+    npy = server.client.post(
+        "/v1/models/tiny/log-prob?masks=3",
+        content=buffer.getvalue(),
+        headers={"content-type": "application/x-npy"},
+    ).json()
     np.testing.assert_allclose(npy["log_prob"], expected, atol=1e-5)
 
 
 def test_inpainting_png_shows_the_query_and_the_completions(server):
-    png = server.client.post("/v1/models/tiny/sample", headers={"accept": "image/png"},
-                             json={"n": 8, "seed": 1, "observed": {"indices": [0, 1, 2, 3], "values": [1, 0, 1, 0]}})
+    png = server.client.post(
+        "/v1/models/tiny/sample",
+        headers={"accept": "image/png"},
+        json={"n": 8, "seed": 1, "observed": {"indices": [0, 1, 2, 3], "values": [1, 0, 1, 0]}},
+    )
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     image = Image.open(io.BytesIO(png.content))
     assert image.mode == "RGB"

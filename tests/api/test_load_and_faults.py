@@ -28,14 +28,16 @@ SLOW_ROWS = np.random.default_rng(0).integers(0, 2, size=(1024, 128)).astype(flo
 def slow_request(server, masks=32, timeout=None):
     headers = {"x-request-timeout": str(timeout)} if timeout else {}
     started = time.monotonic()
-    answer = server.client.post("/v1/models/slow/log-prob", json={"inputs": SLOW_ROWS, "masks": masks},
-                                headers=headers)
+    answer = server.client.post(
+        "/v1/models/slow/log-prob", json={"inputs": SLOW_ROWS, "masks": masks}, headers=headers
+    )
     return answer, time.monotonic() - started
 
 
 def test_full_queue_answers_503_at_once_and_expired_requests_504_without_reaching_the_model(slow_repository):
-    with running(slow_repository, "--max-queue-requests", "2", "--max-batch-rows", "1024",
-                 "--max-batch-delay-ms", "0") as server:
+    with running(
+        slow_repository, "--max-queue-requests", "2", "--max-batch-rows", "1024", "--max-batch-delay-ms", "0"
+    ) as server:
         with ThreadPoolExecutor(4) as pool:
             computing = pool.submit(slow_request, server)  # A: taken by the model at once
             time.sleep(0.5)
@@ -61,24 +63,45 @@ def test_full_queue_answers_503_at_once_and_expired_requests_504_without_reachin
 def assert_metrics_exposed(server):
     """Each metric the service promises, with values that make sense after the traffic above."""
     text = server.client.get("/metrics").text
-    for name in ("made_http_request_duration_seconds_bucket", "made_http_requests_in_flight",
-                 "made_queue_wait_seconds_bucket", "made_model_compute_seconds_bucket", "made_batch_rows_bucket",
-                 "made_request_rows_bucket", "made_queue_depth", "made_rejections_total", "made_errors_total",
-                 "made_model_state", "made_model_loads_total", "made_model_load_duration_seconds",
-                 "made_model_info"):
+    for name in (
+        "made_http_request_duration_seconds_bucket",
+        "made_http_requests_in_flight",
+        "made_queue_wait_seconds_bucket",
+        "made_model_compute_seconds_bucket",
+        "made_batch_rows_bucket",
+        "made_request_rows_bucket",
+        "made_queue_depth",
+        "made_rejections_total",
+        "made_errors_total",
+        "made_model_state",
+        "made_model_loads_total",
+        "made_model_load_duration_seconds",
+        "made_model_info",
+    ):
         assert name in text, name
-    assert server.metric("made_http_request_duration_seconds_count", route="/v1/models/{name}/log-prob",
-                         model="slow", status="200") == 2
+    assert (
+        server.metric(
+            "made_http_request_duration_seconds_count",
+            route="/v1/models/{name}/log-prob",
+            model="slow",
+            status="200",
+        )
+        == 2
+    )
     assert server.metric("made_model_compute_seconds_sum", model="slow") > 0.5  # the two slow batches
     assert server.metric("made_queue_wait_seconds_count", model="slow") == 2
     assert server.metric("made_batch_rows_sum", model="slow") == 2048
-    assert server.metric("made_request_rows_sum", model="slow", operation="log_prob") == 3 * 1024  # A, B, D: C was refused
+    assert (
+        server.metric("made_request_rows_sum", model="slow", operation="log_prob") == 3 * 1024
+    )  # A, B, D: C was refused
     assert server.metric("made_queue_depth", model="slow") == 0
     assert server.metric("made_http_requests_in_flight") == 1  # this very /metrics request
     assert server.metric("made_errors_total", model="slow") == 0
     assert server.metric("made_model_state", model="slow", state="ready") == 1
     assert server.metric("made_model_load_duration_seconds", model="slow") > 0
-    assert server.metric("made_model_info", model="slow", version="1", likelihood="bernoulli", device="cpu") == 1
+    assert (
+        server.metric("made_model_info", model="slow", version="1", likelihood="bernoulli", device="cpu") == 1
+    )
     if not torch.cuda.is_available():
         assert "made_device_memory_bytes{" not in text  # only reported where there is a GPU
 
@@ -94,8 +117,10 @@ def mutable_repository(tmp_path):
 def test_reload_under_load_fails_no_request_and_a_bad_version_keeps_the_old_one(mutable_repository):
     root, version_2 = mutable_repository
     rows = markov_chain(16, 8, seed=3)
-    expected = {v: checkpoint.load(p)[0].log_prob(rows).detach().numpy()
-                for v, p in ((1, root / "tiny" / "1"), (2, version_2))}
+    expected = {
+        v: checkpoint.load(p)[0].log_prob(rows).detach().numpy()
+        for v, p in ((1, root / "tiny" / "1"), (2, version_2))
+    }
     answers, stop = [], threading.Event()
 
     def hammer(server):
@@ -117,14 +142,20 @@ def test_reload_under_load_fails_no_request_and_a_bad_version_keeps_the_old_one(
             (broken / "weights.safetensors").write_bytes(b"not safetensors at all")
             wait_for(lambda: "version 3" in (server.client.get("/v1/models/tiny").json()["last_error"] or ""))
             unauthorised = server.client.post("/v1/models/tiny/reload")
-            accepted = server.client.post("/v1/models/tiny/reload", headers={"authorization": "Bearer s3cret"})
+            accepted = server.client.post(
+                "/v1/models/tiny/reload", headers={"authorization": "Bearer s3cret"}
+            )
             time.sleep(0.5)
             stop.set()
         info = server.client.get("/v1/models/tiny").json()
         failed_loads = server.metric("made_model_loads_total", model="tiny", result="failed")
 
     assert unauthorised.status_code == 401
-    assert accepted.status_code == 202 and accepted.json() == {"model": "tiny", "status": "loading", "version": 3}
+    assert accepted.status_code == 202 and accepted.json() == {
+        "model": "tiny",
+        "status": "loading",
+        "version": 3,
+    }
     assert info["version"] == 2 and info["status"] == "ready" and "corrupt or truncated" in info["last_error"]
     assert failed_loads >= 2  # found by the watcher, then asked for by the reload route
     statuses = [status for status, *_ in answers]
@@ -195,7 +226,10 @@ def test_a_model_that_fails_to_load_is_reported_and_the_others_still_serve(tmp_p
         failed_state = server.metric("made_model_state", model="broken", state="failed")
     log = server.log_path.read_text()
     assert "corrupt or truncated" in broken["last_error"] and broken["version"] is None
-    assert readiness.status_code == 503 and readiness.json()["models"] == {"broken": "failed", "tiny": "ready"}
+    assert readiness.status_code == 503 and readiness.json()["models"] == {
+        "broken": "failed",
+        "tiny": "ready",
+    }
     assert served.status_code == 200
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_not_ready"
     assert "corrupt or truncated" in refused.json()["error"]["message"]

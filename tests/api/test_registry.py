@@ -25,8 +25,9 @@ def built(tmp_path_factory):
 
 
 def registry_on(root, **options) -> ModelRegistry:
-    return ModelRegistry(Settings(model_repository=root, device="cpu", **options), torch.device("cpu"),
-                         ThreadPoolExecutor(1))
+    return ModelRegistry(
+        Settings(model_repository=root, device="cpu", **options), torch.device("cpu"), ThreadPoolExecutor(1)
+    )
 
 
 def test_versions_names_and_the_target_version(tmp_path, built):

@@ -39,8 +39,15 @@ def masked_layers(model) -> dict[str, MaskedLinear]:
 
 @pytest.fixture
 def saved(tmp_path):
-    model = build(6, "bernoulli", hidden_sizes=(16, 16), n_masks=3, order="random",
-                  direct_connections=True, mask_conditioning=True)
+    model = build(
+        6,
+        "bernoulli",
+        hidden_sizes=(16, 16),
+        n_masks=3,
+        order="random",
+        direct_connections=True,
+        mask_conditioning=True,
+    )
     take_training_steps(model, markov_chain(64, 6), steps=10)
     checkpoint.save(model, tmp_path / "m", training={"seed": 0, "epochs": 1})
     return model, tmp_path / "m"
@@ -48,8 +55,17 @@ def saved(tmp_path):
 
 @pytest.mark.parametrize("likelihood", list(HEADS))
 def test_round_trip_gives_identical_log_probs(tmp_path, likelihood):
-    model = build(6, likelihood, hidden_sizes=(16, 12), n_masks=3, order="random", direct_connections=True,
-                  mask_conditioning=True, eval_masks=2, **HEADS[likelihood])
+    model = build(
+        6,
+        likelihood,
+        hidden_sizes=(16, 12),
+        n_masks=3,
+        order="random",
+        direct_connections=True,
+        mask_conditioning=True,
+        eval_masks=2,
+        **HEADS[likelihood],
+    )
     x = data_for(likelihood)
     take_training_steps(model, x, steps=10)
     checkpoint.save(model, tmp_path / "m", input_shape=[2, 3], training={"seed": 5})
@@ -60,14 +76,24 @@ def test_round_trip_gives_identical_log_probs(tmp_path, likelihood):
         for masks in (1, 2, 3):
             assert torch.equal(loaded.log_prob(x, masks=masks), model.log_prob(x, masks=masks))
     assert not any((tmp_path / "m").glob("*.tmp"))
-    for name in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE):  # readable by a server running as another user
+    for name in (
+        checkpoint.CONFIG_FILE,
+        checkpoint.WEIGHTS_FILE,
+    ):  # readable by a server running as another user
         assert (tmp_path / "m" / name).stat().st_mode & 0o044 == 0o044
 
 
 @pytest.mark.parametrize("likelihood", list(HEADS))
 def test_one_mask_models_store_only_the_weights_their_mask_keeps(tmp_path, likelihood):
-    model = build(6, likelihood, hidden_sizes=(40, 30), direct_connections=True, mask_conditioning=True,
-                  order="random", **HEADS[likelihood])
+    model = build(
+        6,
+        likelihood,
+        hidden_sizes=(40, 30),
+        direct_connections=True,
+        mask_conditioning=True,
+        order="random",
+        **HEADS[likelihood],
+    )
     x = data_for(likelihood)
     take_training_steps(model, x, steps=10)
     checkpoint.save(model, tmp_path / "masked")
@@ -110,8 +136,24 @@ def test_float16_storage_loads_as_float32(tmp_path):
 
 def test_a_mixture_round_trips_storing_only_what_its_masks_keep(tmp_path):
     x = data_for("categorical")
-    model = merge([take_training_steps(build(6, "categorical", categories=4, hidden_sizes=(10, 7), order="random",
-                                             direct_connections=True, seed=k), x, steps=10) for k in range(3)])
+    model = merge(
+        [
+            take_training_steps(
+                build(
+                    6,
+                    "categorical",
+                    categories=4,
+                    hidden_sizes=(10, 7),
+                    order="random",
+                    direct_connections=True,
+                    seed=k,
+                ),
+                x,
+                steps=10,
+            )
+            for k in range(3)
+        ]
+    )
     checkpoint.save(model, tmp_path / "masked")
     checkpoint.save(model, tmp_path / "dense", weights_layout="dense")
     loaded, config = checkpoint.load(tmp_path / "masked")
@@ -119,7 +161,7 @@ def test_a_mixture_round_trips_storing_only_what_its_masks_keep(tmp_path):
     with torch.no_grad():
         for masks in (1, 2, 3):
             assert torch.equal(loaded.log_prob(x, masks=masks), model.log_prob(x, masks=masks))
-    # Each hidden unit belongs to one member: a third of the hidden-to-hidden block and about half of the rest.
+    # Each hidden unit belongs to one member: a third of the hidden-to-hidden block, about half of the rest.
     dense_bytes = (tmp_path / "dense" / checkpoint.WEIGHTS_FILE).stat().st_size
     assert (tmp_path / "masked" / checkpoint.WEIGHTS_FILE).stat().st_size < 0.5 * dense_bytes
 
@@ -140,8 +182,14 @@ def test_a_mixture_whose_members_share_units_is_refused(tmp_path):
 def test_int8_storage_is_within_half_a_step_of_every_weight(tmp_path, layout):
     from safetensors.torch import load_file
 
-    model = build(6, "bernoulli", hidden_sizes=(40, 30), direct_connections=True, order="random",
-                  n_masks=1 if layout == "masked" else 2)
+    model = build(
+        6,
+        "bernoulli",
+        hidden_sizes=(40, 30),
+        direct_connections=True,
+        order="random",
+        n_masks=1 if layout == "masked" else 2,
+    )
     take_training_steps(model, markov_chain(64, 6), steps=10)
     checkpoint.save(model, tmp_path / "m", weights_dtype="int8", weights_layout=layout)
     stored = load_file(str(tmp_path / "m" / checkpoint.WEIGHTS_FILE))
@@ -247,8 +295,14 @@ def edit_config(path, **changes):
         (dict(likelihood={"name": "gaussian"}), "needs 'standardisation'"),
         (dict(format="something-else"), "not a made checkpoint"),
         (dict(n_dims="six"), "n_dims"),
-        (dict(weights_layout="masked"), "weights_layout 'masked' needs a one-mask model or a mixture, not n_masks=3"),
-        (dict(mixture=True), "invalid: config: Value error, a mixture has a fixed set of masks without mask conditioning"),
+        (
+            dict(weights_layout="masked"),
+            "weights_layout 'masked' needs a one-mask model or a mixture, not n_masks=3",
+        ),
+        (
+            dict(mixture=True),
+            "invalid: config: Value error, a mixture has a fixed set of masks without mask conditioning",
+        ),
     ],
 )
 def test_incompatible_configs_are_refused(saved, changes, message):
@@ -312,8 +366,12 @@ def test_a_safetensors_header_whose_length_starts_with_the_pickle_opcode_still_l
 
 @pytest.mark.parametrize("weights_dtype", ["float32", "int8"])
 def test_saving_only_reads_the_model(tmp_path, weights_dtype):
-    model = merge([build(6, "bernoulli", hidden_sizes=(8, 5), order="random", direct_connections=True, seed=k)
-                   for k in range(2)])
+    model = merge(
+        [
+            build(6, "bernoulli", hidden_sizes=(8, 5), order="random", direct_connections=True, seed=k)
+            for k in range(2)
+        ]
+    )
     model.conditionals_for_mask(markov_chain(4, 6), 1)  # component 1 active, as after a request
 
     def fingerprint():

@@ -40,15 +40,21 @@ def test_kept_entries_are_the_union_of_the_stored_masks(options):
         for name, m in model.network.named_modules():
             if hasattr(m, "mask"):
                 union[name] |= m.mask
-    expected = {f"network.{name}.{param}": mask for name, mask in union.items()
-                for param in ("weight", "cond_weight") if getattr(model.network.get_submodule(name), param) is not None}
+    expected = {
+        f"network.{name}.{param}": mask
+        for name, mask in union.items()
+        for param in ("weight", "cond_weight")
+        if getattr(model.network.get_submodule(name), param) is not None
+    }
     assert keep.keys() == expected.keys()
     assert all(torch.equal(keep[name], expected[name]) for name in keep)
 
 
 def members(D: int = 6, hidden=((7, 5), (4, 9), (6, 3))):
-    return [build(D, "bernoulli", hidden_sizes=h, order="random", direct_connections=True, seed=k)
-            for k, h in enumerate(hidden)]
+    return [
+        build(D, "bernoulli", hidden_sizes=h, order="random", direct_connections=True, seed=k)
+        for k, h in enumerate(hidden)
+    ]
 
 
 def test_a_mixture_joins_into_block_diagonal_layers_and_splits_back_exactly():
@@ -59,7 +65,9 @@ def test_a_mixture_joins_into_block_diagonal_layers_and_splits_back_exactly():
     joined = layout.join_members(config, [cpu_state(m) for m in parts])
     assert {name: tuple(t.shape) for name, t in joined.items()} == layout.tensor_shapes(config)
     # member 1's units are the second block of each layer: it reads member 1's block of the layer before
-    assert torch.equal(joined["network.hidden.1.weight"][5:14, 7:11], parts[1].network.hidden[1].weight.detach())
+    assert torch.equal(
+        joined["network.hidden.1.weight"][5:14, 7:11], parts[1].network.hidden[1].weight.detach()
+    )
     assert torch.all(joined["network.hidden.1.weight"][5:14, :7] == 0)
     assert torch.all(joined["network.hidden_degrees_0"][1, :7] == layout.UNUSED)
     for part, split in zip(parts, layout.split_members(config, joined), strict=True):
@@ -71,7 +79,9 @@ def test_kept_entries_of_a_mixture_stay_inside_each_member_block():
     parts = members()
     config = merge(parts).config
     keep = layout.kept_entries(config, layout.join_members(config, [cpu_state(m) for m in parts]))
-    own = layout.join_members(config, [cpu_state(m) | layout.kept_entries(m.config, cpu_state(m)) for m in parts])
+    own = layout.join_members(
+        config, [cpu_state(m) | layout.kept_entries(m.config, cpu_state(m)) for m in parts]
+    )
     for name in keep:
         assert torch.equal(keep[name], own[name].bool()), name
 

@@ -24,6 +24,9 @@ def live_metrics(tiny_repository) -> str:
     """The /metrics text of a real server (`made serve`, as the integration tests start it) after one
     request of each operation, so that every family the service declares is in the exposition."""
     with running(tiny_repository) as server:
-        assert server.client.post("/v1/models/tiny/log-prob", json={"inputs": [[0] * 8, [1] * 8]}).status_code == 200
+        assert (
+            server.client.post("/v1/models/tiny/log-prob", json={"inputs": [[0] * 8, [1] * 8]}).status_code
+            == 200
+        )
         assert server.client.post("/v1/models/tiny/sample", json={"n": 2, "seed": 0}).status_code == 200
         return server.client.get("/metrics").text

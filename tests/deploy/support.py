@@ -47,7 +47,7 @@ def setting_of_env(name: str) -> str | None:
     """MADE_MAX_BODY_BYTES -> max_body_bytes if that is a setting, else None."""
     if not name.startswith("MADE_"):
         return None
-    setting = name[len("MADE_"):].lower()
+    setting = name[len("MADE_") :].lower()
     return setting if setting in Settings.model_fields else None
 
 
@@ -72,7 +72,8 @@ def load_yaml_documents(path: Path) -> list:
 
 
 def duration_s(text: str) -> float:
-    """'60s', '1m30s', '35s', '1h' (compose, nginx and Prometheus style) -> seconds; a bare number is seconds."""
+    """'60s', '1m30s', '35s', '1h' (compose, nginx and Prometheus style) -> seconds; a bare number: "
+    "seconds."""
     text = str(text).strip()
     if re.fullmatch(r"\d+(\.\d+)?", text):
         return float(text)
@@ -97,7 +98,7 @@ class Instruction:
             text = re.sub(r"^(--\S+\s+)*", "", text)
             if not text.startswith("CMD"):
                 return None
-            text = text[len("CMD"):].strip()
+            text = text[len("CMD") :].strip()
         try:
             value = json.loads(text)
         except ValueError:
@@ -228,7 +229,7 @@ def _pattern_regex(pattern: str) -> re.Pattern:
             out += "[^/]"
         elif c == "[":
             j = pattern.index("]", i + 1)
-            body = pattern[i + 1:j]
+            body = pattern[i + 1 : j]
             out += "[" + ("^" + body[1:] if body[:1] in ("!", "^") else body) + "]"
             i = j
         else:
@@ -262,8 +263,24 @@ def excluded_from_context(relative: str, rules: list[tuple[bool, re.Pattern]]) -
 
 
 # ---- PromQL and the exposition format ----------------------------------------------------------------------
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-                   "offset", "inf", "nan", "atan2", "start", "end"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+    "atan2",
+    "start",
+    "end",
+}
 GRAFANA_TIME_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
 
 
@@ -281,12 +298,14 @@ def promql_metric_names(expr: str) -> set[str]:
     for variable, value in GRAFANA_TIME_VARIABLES.items():
         expr = expr.replace(variable, value)
     expr = _strip_strings(expr)
-    expr = re.sub(r"\{[^{}]*\}", " ", expr)       # label matchers
-    expr = re.sub(r"\[[^\[\]]*\]", " ", expr)     # ranges and subqueries
+    expr = re.sub(r"\{[^{}]*\}", " ", expr)  # label matchers
+    expr = re.sub(r"\[[^\[\]]*\]", " ", expr)  # ranges and subqueries
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", " ", expr)
     expr = re.sub(r"\boffset\s+-?\S+", " ", expr)
     names = set()
-    tokens = list(re.finditer(r"(?P<num>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?[a-zA-Z]*)|(?P<id>[A-Za-z_:][\w:]*)|\S", expr))
+    tokens = list(
+        re.finditer(r"(?P<num>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?[a-zA-Z]*)|(?P<id>[A-Za-z_:][\w:]*)|\S", expr)
+    )
     for k, token in enumerate(tokens):
         name = token.group("id")
         if name is None or name.lower() in PROMQL_KEYWORDS:
@@ -337,7 +356,7 @@ def family_of(series: str, families: dict[str, str]) -> tuple[str, str] | None:
     return None
 
 
-# ---- Grafana dashboard --------------------------------------------------------------------------------------
+# ---- Grafana dashboard -------------------------------------------------------------------------------------
 def dashboard_queries(dashboard: dict) -> list[tuple[str, str]]:
     """(where, expression) for every PromQL expression of the dashboard: panel targets (rows included) and
     query variables."""

@@ -101,8 +101,9 @@ def test_service_environment_names_are_settings(compose, gpu_compose):
 def test_stop_grace_period_outlasts_the_drain(compose):
     made = compose["services"]["made"]
     grace = float(made.get("environment", {}).get("MADE_SHUTDOWN_GRACE_S", default("shutdown_grace_s")))
-    assert duration_s(made["stop_grace_period"]) > drain_bound_s(grace), \
+    assert duration_s(made["stop_grace_period"]) > drain_bound_s(grace), (
         "Docker would SIGKILL the service in the middle of its drain"
+    )
 
 
 def test_service_port_matches_the_image(compose):
@@ -132,10 +133,15 @@ def test_prometheus_mounts_its_config_and_scrapes_the_service(compose):
     mounts = dict(v.split(":")[:2] for v in prometheus["volumes"] if v.startswith("."))
     config_flag = next(a for a in prometheus["command"] if a.startswith("--config.file="))
     container_path = config_flag.split("=", 1)[1]
-    host = next(ROOT / h / Path(container_path).relative_to(c) for h, c in mounts.items()
-                if container_path.startswith(c + "/"))
+    host = next(
+        ROOT / h / Path(container_path).relative_to(c)
+        for h, c in mounts.items()
+        if container_path.startswith(c + "/")
+    )
     assert host.resolve() == PROMETHEUS_CONFIG.resolve()
-    job = next(j for j in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"] if j["job_name"] == "made")
+    job = next(
+        j for j in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"] if j["job_name"] == "made"
+    )
     sd = job["dns_sd_configs"][0]
     assert sd["names"] == ["made"] and sd["port"] == default("port")
     assert job.get("metrics_path", "/metrics") == "/metrics"
@@ -144,7 +150,9 @@ def test_prometheus_mounts_its_config_and_scrapes_the_service(compose):
 def test_grafana_mounts_provisioning_and_the_dashboard(compose):
     grafana = compose["services"]["grafana"]
     mounts = {c: ROOT / h for h, c in (v.split(":")[:2] for v in grafana["volumes"] if v.startswith("."))}
-    provider = yaml.safe_load((mounts["/etc/grafana/provisioning"] / "dashboards" / "made-service.yml").read_text())
+    provider = yaml.safe_load(
+        (mounts["/etc/grafana/provisioning"] / "dashboards" / "made-service.yml").read_text()
+    )
     path = provider["providers"][0]["options"]["path"]
     assert path in mounts and (mounts[path] / "made-service.json").is_file()
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
@@ -172,7 +180,9 @@ def test_gateway_body_limit_is_the_service_limit(nginx):
     # the gateway's own 413 answer uses the service's error shape and limit
     (answer,) = [a for a in nginx["return"] if a[0] == "413"]
     body = json.loads(answer[1].strip("'"))
-    assert body["error"]["code"] == "payload_too_large" and body["error"]["limit"] == default("max_body_bytes")
+    assert body["error"]["code"] == "payload_too_large" and body["error"]["limit"] == default(
+        "max_body_bytes"
+    )
 
 
 def test_gateway_timeouts_leave_the_deadline_to_the_service(nginx):
@@ -192,7 +202,9 @@ def test_gateway_proxies_to_the_service(nginx, compose):
     assert ["8080"] in nginx["listen"] and "8080:8080" in compose["services"]["gateway"]["ports"]
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (apt-get install nginx-light)")
+@pytest.mark.skipif(
+    shutil.which("nginx") is None, reason="nginx is not installed (apt-get install nginx-light)"
+)
 def test_nginx_accepts_the_gateway_config(tmp_path):
     """`nginx -t` where nginx exists. The upstream host `made` only resolves inside the compose network, so
     it is pointed at loopback for the syntax check."""
@@ -201,7 +213,8 @@ def test_nginx_accepts_the_gateway_config(tmp_path):
     (tmp_path / "logs").mkdir()
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
-        f"http {{\n  access_log off;\n  client_body_temp_path {tmp_path}/body;\n  proxy_temp_path {tmp_path}/proxy;\n"
-        f"  include {tmp_path}/default.conf;\n}}\n")
+        f"http {{\n  access_log off;\n  client_body_temp_path {tmp_path}/body;\n"
+        f"  proxy_temp_path {tmp_path}/proxy;\n  include {tmp_path}/default.conf;\n}}\n"
+    )
     result = run("nginx", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", "stderr")
     assert result.returncode == 0, result.stderr

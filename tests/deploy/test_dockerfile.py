@@ -49,8 +49,9 @@ def test_hadolint_is_really_checking(tmp_path):
 def test_multi_stage_with_a_builder_copied_into_the_final_stage(dockerfile, final):
     assert len(dockerfile.stages) >= 2
     copies = [i for i in final.all("COPY") if i.flags().get("from")]
-    assert any(i.flags()["from"] == "builder" and "/opt/venv" in i.arguments for i in copies), \
+    assert any(i.flags()["from"] == "builder" and "/opt/venv" in i.arguments for i in copies), (
         "the final stage should take the virtualenv from the builder"
+    )
     assert dockerfile.stage("builder") is not None
     # the final stage installs nothing itself: no pip, no compiler
     assert not any("pip install" in i.arguments for i in final.all("RUN"))
@@ -69,14 +70,17 @@ def test_each_flavour_has_a_base_and_a_matching_torch_index(dockerfile, flavour)
     else:
         assert base_image.startswith("nvidia/cuda:")
         cuda = re.match(r"nvidia/cuda:(\d+)\.(\d+)", base_image).groups()
-        assert env["TORCH_INDEX_URL_DEFAULT"].endswith(f"/whl/cu{cuda[0]}{cuda[1]}"), \
+        assert env["TORCH_INDEX_URL_DEFAULT"].endswith(f"/whl/cu{cuda[0]}{cuda[1]}"), (
             "the CUDA wheels must match the CUDA base image"
+        )
         assert any("python3.11" in i.arguments for i in dockerfile.stage(f"base-{flavour}").all("RUN"))
 
 
 def test_cpu_is_the_default_flavour_and_torch_is_pinned_like_the_makefile(dockerfile):
     assert dockerfile.global_args["FLAVOUR"] == "cpu"
-    builder_args = dict(i.arguments.split("=", 1) for i in dockerfile.stage("builder").all("ARG") if "=" in i.arguments)
+    builder_args = dict(
+        i.arguments.split("=", 1) for i in dockerfile.stage("builder").all("ARG") if "=" in i.arguments
+    )
     makefile = (ROOT / "Makefile").read_text()
     assert f"TORCH_SPEC ?= {builder_args['TORCH_SPEC']}" in makefile
     assert "TORCH_INDEX_URL" in builder_args
@@ -91,7 +95,11 @@ def test_final_stage_runs_as_a_non_root_user(final):
 
 
 def test_final_stage_exposes_the_service_port_and_checks_healthz(dockerfile, final):
-    assert final.last("EXPOSE").arguments.split()[0] == dockerfile.env(final)["MADE_PORT"] == str(default("port"))
+    assert (
+        final.last("EXPOSE").arguments.split()[0]
+        == dockerfile.env(final)["MADE_PORT"]
+        == str(default("port"))
+    )
     check = final.last("HEALTHCHECK")
     assert check is not None
     argv = check.exec_form()
@@ -112,7 +120,9 @@ def test_final_environment_is_the_container_configuration(dockerfile, final):
 
 def test_bundled_models_are_baked_in_at_the_model_repository(dockerfile, final):
     copy = [i for i in final.all("COPY") if not i.flags().get("from") and "models" in i.arguments]
-    assert copy and copy[0].arguments.split()[-1].rstrip("/") == dockerfile.env(final)["MADE_MODEL_REPOSITORY"]
+    assert (
+        copy and copy[0].arguments.split()[-1].rstrip("/") == dockerfile.env(final)["MADE_MODEL_REPOSITORY"]
+    )
     assert (ROOT / "models").is_dir() and any((ROOT / "models").glob("*/*/config.json"))
 
 
@@ -121,7 +131,7 @@ def test_stop_signal_is_sigterm_the_drain_signal(final):
     assert signal is None or signal.arguments in ("SIGTERM", "15")
 
 
-# ---- build context ------------------------------------------------------------------------------------------
+# ---- build context -----------------------------------------------------------------------------------------
 def _copied_sources(dockerfile) -> list[str]:
     sources = []
     for stage in dockerfile.stages:
@@ -143,17 +153,36 @@ def test_everything_the_dockerfile_copies_is_in_the_context(dockerfile):
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
         kept = [f for f in files if not excluded_from_context(str(f.relative_to(ROOT)), rules)]
         assert kept, f"{source} is excluded by .dockerignore"
-    for needed in ("pyproject.toml", "README.md", "service/__init__.py", "service/api/server.py",
-                   "models/binarized-mnist/1/config.json", "models/binarized-mnist/1/weights.safetensors"):
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "service/__init__.py",
+        "service/api/server.py",
+        "models/binarized-mnist/1/config.json",
+        "models/binarized-mnist/1/weights.safetensors",
+    ):
         assert not excluded_from_context(needed, rules), needed
 
 
-@pytest.mark.parametrize("path", [
-    ".venv/bin/python", ".venv/lib/python3.11/site-packages/torch/__init__.py", ".git/HEAD",
-    ".pytest_cache/v/cache/nodeids", ".ruff_cache/CACHEDIR.TAG", "service/__pycache__/cli.cpython-311.pyc",
-    "runs/mnist/log.txt", "made_service.egg-info/PKG-INFO", "data.npz", "models/x/1/rows.npy",
-    "models/x/.staging-2/config.json", "tests/conftest.py", "bench/throughput.py", "docs/api.md",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".venv/bin/python",
+        ".venv/lib/python3.11/site-packages/torch/__init__.py",
+        ".git/HEAD",
+        ".pytest_cache/v/cache/nodeids",
+        ".ruff_cache/CACHEDIR.TAG",
+        "service/__pycache__/cli.cpython-311.pyc",
+        "runs/mnist/log.txt",
+        "made_service.egg-info/PKG-INFO",
+        "data.npz",
+        "models/x/1/rows.npy",
+        "models/x/.staging-2/config.json",
+        "tests/conftest.py",
+        "bench/throughput.py",
+        "docs/api.md",
+    ],
+)
 def test_dockerignore_keeps_venv_caches_and_data_out(path):
     assert excluded_from_context(path, dockerignore_rules())
 

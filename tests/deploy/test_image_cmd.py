@@ -53,12 +53,18 @@ def test_cmd_starts_the_service_and_drains_on_sigterm(image, tiny_repository, tm
     argv, image_env, healthcheck = image
     command = [resolve(argv[0], image_env["PATH"]), *argv[1:]]
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MADE_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MADE_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
     env |= {k: v for k, v in image_env.items() if k != "PATH"}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     env["OMP_NUM_THREADS"] = "2"
     assert image_env["MADE_HOST"] == "0.0.0.0" and image_env["MADE_MODEL_REPOSITORY"] == "/models"
-    overrides = {"MADE_HOST": "127.0.0.1", "MADE_PORT": str(port), "MADE_MODEL_REPOSITORY": str(tiny_repository)}
+    overrides = {
+        "MADE_HOST": "127.0.0.1",
+        "MADE_PORT": str(port),
+        "MADE_MODEL_REPOSITORY": str(tiny_repository),
+    }
     assert set(overrides) == set(LOOPBACK_OVERRIDES)
     env |= overrides
 

@@ -27,7 +27,9 @@ from tests.deploy.support import (
     tool,
 )
 
-KUBERNETES_VERSION = "1.31.0"  # the oldest Kubernetes the manifests are meant for; its schemas ship in the package
+KUBERNETES_VERSION = (
+    "1.31.0"  # the oldest Kubernetes the manifests are meant for; its schemas ship in the package
+)
 VARIANTS = ("cpu", "gpu")
 CRDS = {"ServiceMonitor": SCHEMAS / "servicemonitor.schema.json"}
 
@@ -98,7 +100,13 @@ def test_servicemonitor_schema_refuses_a_misspelt_field(tmp_path):
 
 
 def test_each_variant_has_every_resource(variant):
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor"} <= set(variant)
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ServiceMonitor",
+    } <= set(variant)
 
 
 def test_selectors_match_the_pods(variant):
@@ -136,14 +144,19 @@ def test_ports_and_probes(variant):
 def test_termination_grace_period_outlasts_prestop_and_drain(variant):
     spec = variant["Deployment"]["spec"]["template"]["spec"]
     c = container(variant["Deployment"])
-    grace = float(env_of(variant["Deployment"]).get("MADE_SHUTDOWN_GRACE_S", {}).get("value", default("shutdown_grace_s")))
+    grace = float(
+        env_of(variant["Deployment"])
+        .get("MADE_SHUTDOWN_GRACE_S", {})
+        .get("value", default("shutdown_grace_s"))
+    )
     pre_stop = 0.0
     command = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
     if command:
         assert command[0] == "sleep"
         pre_stop = float(command[1])
-    assert spec["terminationGracePeriodSeconds"] >= pre_stop + drain_bound_s(grace) + 5, \
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + drain_bound_s(grace) + 5, (
         "the kubelet would SIGKILL the pod in the middle of its drain"
+    )
 
 
 def test_environment_names_are_settings(variant):
@@ -167,13 +180,17 @@ def test_resources_and_one_gpu_per_replica(variant):
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(resources[kind]), kind
     env = env_of(variant["Deployment"])
-    assert env["MADE_WORKERS"]["value"] == "1", "one process per replica: its batcher sees all the replica's traffic"
+    assert env["MADE_WORKERS"]["value"] == "1", (
+        "one process per replica: its batcher sees all the replica's traffic"
+    )
     if variant["variant"] == "gpu":
         assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
         assert env["MADE_DEVICE"]["value"] == "cuda"
         assert c["image"].endswith(":cuda")
     else:
-        assert "nvidia.com/gpu" not in resources["limits"] and "nvidia.com/gpu" not in resources.get("requests", {})
+        assert "nvidia.com/gpu" not in resources["limits"] and "nvidia.com/gpu" not in resources.get(
+            "requests", {}
+        )
         assert env["MADE_DEVICE"]["value"] == "cpu"
         assert c["image"].endswith(":cpu")
         threads = env["MADE_COMPUTE_THREADS"]["valueFrom"]["resourceFieldRef"]

@@ -29,8 +29,9 @@ from tests.deploy.support import (
 
 RULES = DOCKER / "prometheus" / "alerts.yml"
 DATASOURCES = DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
-                                    reason="promtool is not installed (Debian: apt-get install prometheus)")
+needs_promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool is not installed (Debian: apt-get install prometheus)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +41,12 @@ def dashboard() -> dict:
 
 def rule_expressions() -> list[tuple[str, str]]:
     rules = yaml.safe_load(RULES.read_text())
-    return [(f"rule {r.get('alert') or r.get('record')}", r["expr"]) for g in rules["groups"] for r in g["rules"]]
+    return [
+        (f"rule {r.get('alert') or r.get('record')}", r["expr"]) for g in rules["groups"] for r in g["rules"]
+    ]
 
 
-# ---- Prometheus -----------------------------------------------------------------------------------------------
+# ---- Prometheus --------------------------------------------------------------------------------------------
 @needs_promtool
 def test_promtool_accepts_the_config_and_its_rules():
     result = run("promtool", "check", "config", str(PROMETHEUS_CONFIG))
@@ -61,8 +64,19 @@ def test_prometheus_config_structure():
     """What promtool would refuse most often, checked without it: known top-level keys, unique job names,
     each job with a target source, durations, and rule files that exist."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    assert set(config) <= {"global", "rule_files", "scrape_configs", "alerting", "remote_write", "remote_read",
-                           "storage", "tracing", "scrape_config_files", "otlp", "runtime"}
+    assert set(config) <= {
+        "global",
+        "rule_files",
+        "scrape_configs",
+        "alerting",
+        "remote_write",
+        "remote_read",
+        "storage",
+        "tracing",
+        "scrape_config_files",
+        "otlp",
+        "runtime",
+    }
     for key in ("scrape_interval", "scrape_timeout", "evaluation_interval"):
         duration_s(config["global"][key])
     assert duration_s(config["global"]["scrape_timeout"]) <= duration_s(config["global"]["scrape_interval"])
@@ -87,7 +101,7 @@ def test_rules_structure():
     assert len(names) == len(set(names))
 
 
-# ---- Grafana provisioning ------------------------------------------------------------------------------------
+# ---- Grafana provisioning ----------------------------------------------------------------------------------
 def test_datasource_is_the_compose_prometheus_and_the_dashboard_default(dashboard):
     (source,) = yaml.safe_load(DATASOURCES.read_text())["datasources"]
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
@@ -98,12 +112,13 @@ def test_datasource_is_the_compose_prometheus_and_the_dashboard_default(dashboar
     assert source["jsonData"]["timeInterval"] == scrape
 
 
-# ---- the dashboard -------------------------------------------------------------------------------------------
+# ---- the dashboard -----------------------------------------------------------------------------------------
 def panels(dashboard):
     def walk(items):
         for p in items:
             yield p
             yield from walk(p.get("panels", []))
+
     return list(walk(dashboard["panels"]))
 
 
@@ -135,9 +150,17 @@ def families_in(exprs) -> set[str]:
 def test_dashboard_shows_what_the_issue_asks_for(dashboard):
     queries = dashboard_queries(dashboard)
     used = families_in(queries)
-    for series in ("made_http_request_duration_seconds_count", "made_http_request_duration_seconds_bucket",
-                   "made_queue_wait_seconds_bucket", "made_batch_rows_sum", "made_batch_rows_count",
-                   "made_queue_depth", "made_rejections_total", "made_errors_total", "made_device_memory_bytes"):
+    for series in (
+        "made_http_request_duration_seconds_count",
+        "made_http_request_duration_seconds_bucket",
+        "made_queue_wait_seconds_bucket",
+        "made_batch_rows_sum",
+        "made_batch_rows_count",
+        "made_queue_depth",
+        "made_rejections_total",
+        "made_errors_total",
+        "made_device_memory_bytes",
+    ):
         assert series in used, series
     latency = next(p for p in panels(dashboard) if p["title"].startswith("Latency"))
     exprs = [t["expr"] for t in latency["targets"]]
@@ -145,22 +168,31 @@ def test_dashboard_shows_what_the_issue_asks_for(dashboard):
         assert any(e.startswith(f"histogram_quantile({q}, sum by (le, route, model)") for e in exprs), q
     by_reason = [p for p in panels(dashboard) if "by reason" in p["title"]]
     assert {"made_rejections_total", "made_errors_total"} <= families_in(
-        [("", t["expr"]) for p in by_reason for t in p["targets"]])
+        [("", t["expr"]) for p in by_reason for t in p["targets"]]
+    )
     assert all("sum by (reason" in t["expr"] for p in by_reason for t in p["targets"])
 
 
 # ---- metric names against a live server --------------------------------------------------------------------
 def test_metric_name_extraction():
     cases = {
-        'histogram_quantile(0.99, sum by (le, route, model) (rate(made_http_request_duration_seconds_bucket'
-        '{job=~"$job", route=~"/v1/.*|/v2/.*"}[$__rate_interval]))) > 5':
-            {"made_http_request_duration_seconds_bucket"},
-        'sum by (model) (rate(made_batch_rows_sum{model=~"$model"}[5m])) / sum by (model) (rate(made_batch_rows_count[5m]))':
-            {"made_batch_rows_sum", "made_batch_rows_count"},
-        'count by (model, version) (made_model_info{model="a"} == 1) and on(instance) up offset 1h':
-            {"made_model_info", "up"},
-        "max(made_device_memory_bytes) without (kind) * 1e3 + sum(x:recorded:rate5m)":
-            {"made_device_memory_bytes", "x:recorded:rate5m"},
+        "histogram_quantile(0.99, sum by (le, route, model) (rate(made_http_request_duration_seconds_bucket"
+        '{job=~"$job", route=~"/v1/.*|/v2/.*"}[$__rate_interval]))) > 5': {
+            "made_http_request_duration_seconds_bucket"
+        },
+        'sum by (model) (rate(made_batch_rows_sum{model=~"$model"}[5m])) / sum by (model) '
+        "(rate(made_batch_rows_count[5m]))": {
+            "made_batch_rows_sum",
+            "made_batch_rows_count",
+        },
+        'count by (model, version) (made_model_info{model="a"} == 1) and on(instance) up offset 1h': {
+            "made_model_info",
+            "up",
+        },
+        "max(made_device_memory_bytes) without (kind) * 1e3 + sum(x:recorded:rate5m)": {
+            "made_device_memory_bytes",
+            "x:recorded:rate5m",
+        },
         'label_values(made_model_info{job=~"$job"}, instance)': {"made_model_info"},
         "label_values(job)": set(),
         'increase(made_model_loads_total{result="failed"}[15m]) > 0': {"made_model_loads_total"},
@@ -171,7 +203,13 @@ def test_metric_name_extraction():
 
 
 def test_suffixes_are_stripped_only_where_the_family_has_them():
-    families = {"a_seconds": "histogram", "b_total": "counter", "c": "counter", "d_count": "gauge", "e": "summary"}
+    families = {
+        "a_seconds": "histogram",
+        "b_total": "counter",
+        "c": "counter",
+        "d_count": "gauge",
+        "e": "summary",
+    }
     assert family_of("a_seconds_bucket", families) == ("a_seconds", "histogram")
     assert family_of("a_seconds_sum", families) == ("a_seconds", "histogram")
     assert family_of("a_seconds_count", families) == ("a_seconds", "histogram")
@@ -218,8 +256,11 @@ def test_dashboard_covers_every_exported_made_metric(dashboard, live_metrics):
 @needs_promtool
 def test_dashboard_queries_are_valid_promql(dashboard, tmp_path):
     """promtool parses every dashboard query (as a recording rule), with Grafana's variables filled in."""
-    rules = [{"record": f"dashboard:query_{k}", "expr": grafana_to_promql(expr)}
-             for k, (where, expr) in enumerate(dashboard_queries(dashboard)) if not expr.startswith("label_values(")]
+    rules = [
+        {"record": f"dashboard:query_{k}", "expr": grafana_to_promql(expr)}
+        for k, (where, expr) in enumerate(dashboard_queries(dashboard))
+        if not expr.startswith("label_values(")
+    ]
     path = tmp_path / "dashboard-rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = run("promtool", "check", "rules", str(path))

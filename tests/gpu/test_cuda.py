@@ -13,8 +13,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def test_log_prob_on_cuda_matches_cpu():
-    model = build(10, hidden_sizes=(64, 64), n_masks=3, order="random", direct_connections=True,
-                  mask_conditioning=True)
+    model = build(
+        10, hidden_sizes=(64, 64), n_masks=3, order="random", direct_connections=True, mask_conditioning=True
+    )
     x = all_binary(10)
     with torch.no_grad():
         cpu = model.log_prob(x)
@@ -32,16 +33,31 @@ def test_sampling_on_cuda_is_seeded_and_in_support():
 
 def test_training_on_cuda():
     model = build(8, hidden_sizes=(64,)).to("cuda")
-    result = train(model, markov_chain(500, 8), markov_chain(200, 8, seed=1),
-                   TrainConfig(epochs=3, batch_size=50, progress=False))
+    result = train(
+        model,
+        markov_chain(500, 8),
+        markov_chain(200, 8, seed=1),
+        TrainConfig(epochs=3, batch_size=50, progress=False),
+    )
     assert result.history[-1].valid_nll < result.history[0].valid_nll + 1e-6
 
 
 def test_fast_sampler_on_cuda_draws_the_reference_samples():
     from service.made.fast_sampling import sample_fast
 
-    model = build(20, "bernoulli", hidden_sizes=(64, 64), n_masks=3, order="random", direct_connections=True,
-                  mask_conditioning=True).double().to("cuda")
+    model = (
+        build(
+            20,
+            "bernoulli",
+            hidden_sizes=(64, 64),
+            n_masks=3,
+            order="random",
+            direct_connections=True,
+            mask_conditioning=True,
+        )
+        .double()
+        .to("cuda")
+    )
     reference = sample(model, 256, generator=make_generator(4, "cuda"))
     fast = sample_fast(model, 256, generator=make_generator(4, "cuda"))
     assert fast.is_cuda and torch.equal(reference, fast)
@@ -50,8 +66,12 @@ def test_fast_sampler_on_cuda_draws_the_reference_samples():
 def test_a_mixture_scores_and_samples_on_cuda_as_on_cpu():
     from service.made.fast_sampling import sample_fast
 
-    model = merge([build(9, "bernoulli", hidden_sizes=(40, 30), order="random", direct_connections=True, seed=k)
-                   for k in range(3)]).double()
+    model = merge(
+        [
+            build(9, "bernoulli", hidden_sizes=(40, 30), order="random", direct_connections=True, seed=k)
+            for k in range(3)
+        ]
+    ).double()
     x = all_binary(9).double()
     with torch.no_grad():
         cpu = model.log_prob(x)
@@ -86,8 +106,21 @@ def test_cuda_graph_sampler_draws_the_eager_and_reference_samples(likelihood):
     from service.made.fast_sampling import sample_fast
 
     torch.manual_seed(0)
-    model = build(20, likelihood, categories=3, components=2, hidden_sizes=(64, 64), n_masks=3, order="random",
-                  direct_connections=True, mask_conditioning=True).double().to("cuda")
+    model = (
+        build(
+            20,
+            likelihood,
+            categories=3,
+            components=2,
+            hidden_sizes=(64, 64),
+            n_masks=3,
+            order="random",
+            direct_connections=True,
+            mask_conditioning=True,
+        )
+        .double()
+        .to("cuda")
+    )
     for n in (256, 5, 7, 1):  # smaller batches reuse graphs of the same power of two
         graphed = sample_fast(model, n, generator=make_generator(n, "cuda"))
         eager = sample_fast(model, n, generator=make_generator(n, "cuda"), cuda_graphs=False)
@@ -106,8 +139,11 @@ def test_fast_sampler_walk_never_waits_for_the_host():
     """A host-device synchronisation inside the walk would break CUDA graph capture."""
     from service.made.fast_sampling import _plan, sample_with_plan
 
-    model = build(30, "bernoulli", hidden_sizes=(64, 64), direct_connections=True, n_masks=2,
-                  order="random").to("cuda").eval()
+    model = (
+        build(30, "bernoulli", hidden_sizes=(64, 64), direct_connections=True, n_masks=2, order="random")
+        .to("cuda")
+        .eval()
+    )
     _, plan = _plan(model, 1)
     noise = torch.rand(16, 30, 1, device="cuda")
     torch.cuda.synchronize()

@@ -26,8 +26,15 @@ SUBSETS = [[0, 2, 3, 5], [4], [1, 2, 3, 4, 5], [5, 0]]
 @pytest.fixture(scope="module")
 def agnostic():
     torch.manual_seed(0)
-    model = build(D, "bernoulli", hidden_sizes=(32, 32), n_masks=3, order="random", direct_connections=True,
-                  mask_conditioning=True).double()
+    model = build(
+        D,
+        "bernoulli",
+        hidden_sizes=(32, 32),
+        n_masks=3,
+        order="random",
+        direct_connections=True,
+        mask_conditioning=True,
+    ).double()
     return take_training_steps(model, markov_chain(400, D, stay=0.8).double(), steps=150)
 
 
@@ -117,8 +124,16 @@ def test_conditional_samples_match_the_exact_conditional(agnostic, indices, K):
 
 def test_real_valued_conditioning_keeps_observed_values_exactly():
     data = torch.randn(300, 4) * torch.tensor([3.0, 1.0, 0.1, 7.0]) + 11
-    model = build(4, "mog", components=2, hidden_sizes=(16,), n_masks=2, order="random",
-                  shift=data.mean(0), scale=data.std(0))
+    model = build(
+        4,
+        "mog",
+        components=2,
+        hidden_sizes=(16,),
+        n_masks=2,
+        order="random",
+        shift=data.mean(0),
+        scale=data.std(0),
+    )
     query = data[:50].clone()
     query[:, 1] = float("nan")
     samples = sample_conditional(model, query, generator=make_generator(0))
@@ -131,8 +146,11 @@ def test_merged_rows_keep_their_own_randomness(agnostic):
     query[:3, 0] = 1.0
     query[3:, [2, 3]] = 0.0
     parts = [draw_conditional_randomness(agnostic, n, make_generator(s)) for n, s in ((3, 1), (4, 2))]
-    alone = [sample_conditional_from_randomness(agnostic, q, r) for q, r in zip((query[:3], query[3:]), parts)]
-    merged_randomness = type(parts[0])(*(torch.cat(t) for t in zip(*parts)))
+    alone = [
+        sample_conditional_from_randomness(agnostic, q, r)
+        for q, r in zip((query[:3], query[3:]), parts, strict=True)
+    ]
+    merged_randomness = type(parts[0])(*(torch.cat(t) for t in zip(*parts, strict=True)))
     merged = sample_conditional_from_randomness(agnostic, query, merged_randomness)
     assert torch.equal(merged, torch.cat(alone))
 

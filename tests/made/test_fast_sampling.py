@@ -41,14 +41,20 @@ def test_fast_and_reference_agree_sample_for_sample(likelihood, options):
 
 def test_float32_differs_only_within_rounding():
     torch.manual_seed(0)
-    model = build(64, "bernoulli", hidden_sizes=(128, 128), direct_connections=True, n_masks=2, order="random")
+    model = build(
+        64, "bernoulli", hidden_sizes=(128, 128), direct_connections=True, n_masks=2, order="random"
+    )
     take_training_steps(model, markov_chain(256, 64), steps=30)
     reference = sample(model, 2000, generator=make_generator(5))
     fast = sample_fast(model, 2000, generator=make_generator(5))
     assert (reference != fast).float().mean() < 1e-3  # a flipped draw flips what follows it: still rare
     gauss = build(32, "mog", components=3, hidden_sizes=(64,), shift=torch.zeros(32), scale=torch.ones(32))
-    assert torch.allclose(sample(gauss, 500, generator=make_generator(1)),
-                          sample_fast(gauss, 500, generator=make_generator(1)), atol=1e-3, rtol=1e-4)
+    assert torch.allclose(
+        sample(gauss, 500, generator=make_generator(1)),
+        sample_fast(gauss, 500, generator=make_generator(1)),
+        atol=1e-3,
+        rtol=1e-4,
+    )
 
 
 def test_cached_plans_follow_the_weights():
@@ -62,6 +68,7 @@ def test_cached_plans_follow_the_weights():
 
 # ---- the fixed-buffer walk that CUDA graphs replay (capture itself needs a GPU: tests/gpu) ----------------
 
+
 def test_graph_batch_sizes_are_powers_of_two_that_fit():
     from service.made.fast_sampling import graph_rows
 
@@ -72,8 +79,14 @@ def test_graph_batch_sizes_are_powers_of_two_that_fit():
 def test_fixed_buffer_walk_pads_and_slices_without_changing_a_sample(likelihood):
     from service.made.fast_sampling import GraphedWalk, _plan, sample_with_plan
 
-    model = randomised(likelihood, hidden_sizes=(20, 20), direct_connections=True, mask_conditioning=True,
-                       n_masks=2, order="random")
+    model = randomised(
+        likelihood,
+        hidden_sizes=(20, 20),
+        direct_connections=True,
+        mask_conditioning=True,
+        n_masks=2,
+        order="random",
+    )
     _, plan = _plan(model, 1)
     noise = model.likelihood.draw_noise(8, 9, make_generator(2), "cpu").double()
     walk = GraphedWalk(model, plan, 8, noise.shape[2], capture=False)

@@ -40,8 +40,9 @@ def test_the_cached_product_follows_weight_and_mask_changes():
 
 
 def test_scores_without_gradients_match_scores_with_them_through_mask_switches_and_training():
-    model = build(8, hidden_sizes=(20, 20), n_masks=3, order="random", mask_conditioning=True,
-                  direct_connections=True)
+    model = build(
+        8, hidden_sizes=(20, 20), n_masks=3, order="random", mask_conditioning=True, direct_connections=True
+    )
     x = markov_chain(32, 8)
     for _ in range(2):
         take_training_steps(model, x, steps=5)

@@ -13,15 +13,23 @@ from service.made.masks import check_degrees, degrees_from_ordering, make_orderi
 
 def test_degrees_and_masks_follow_the_paper():
     D, hidden = 9, (40, 30, 20)
-    model = build(D, "categorical", categories=3, hidden_sizes=hidden, n_masks=5, order="random",
-                  direct_connections=True, seed=7)
+    model = build(
+        D,
+        "categorical",
+        categories=3,
+        hidden_sizes=hidden,
+        n_masks=5,
+        order="random",
+        direct_connections=True,
+        seed=7,
+    )
     net = model.network
     for k in range(net.config.n_masks):
         net.use_mask(k)
         m_in = net.input_degrees[k].tolist()
         assert sorted(m_in) == list(range(1, D + 1))
         previous = m_in
-        for layer, m in zip(net.hidden, net.hidden_degrees(k)):
+        for layer, m in zip(net.hidden, net.hidden_degrees(k), strict=True):
             m = m.tolist()
             assert min(m) >= min(previous) and max(m) <= D - 1
             for i, j in itertools.product(range(len(m)), range(len(previous))):
@@ -34,8 +42,9 @@ def test_degrees_and_masks_follow_the_paper():
             assert net.direct.mask[out, j] == float(m_in[out % D] > m_in[j])
 
 
-@pytest.mark.parametrize("kind,expected", [("natural", [0, 1, 2, 3]), ("reversed", [3, 2, 1, 0]),
-                                           ([2, 0, 3, 1], [2, 0, 3, 1])])
+@pytest.mark.parametrize(
+    "kind,expected", [("natural", [0, 1, 2, 3]), ("reversed", [3, 2, 1, 0]), ([2, 0, 3, 1], [2, 0, 3, 1])]
+)
 def test_orderings(kind, expected):
     model = build(4, hidden_sizes=(10,), order=kind)
     assert model.network.ordering(0).tolist() == expected

@@ -12,21 +12,49 @@ from service.made import build, make_generator, sample
 from service.made.conditional import ConditioningError, marginal_log_prob, sample_conditional
 from service.made.fast_sampling import sample_fast
 from service.made.mixture import MergeError, merge
-from tests.helpers import all_binary, all_categorical, assert_autoregressive, markov_chain, take_training_steps
+from tests.helpers import (
+    all_binary,
+    all_categorical,
+    assert_autoregressive,
+    markov_chain,
+    take_training_steps,
+)
 
 
 def trained_member(seed: int, likelihood: str = "bernoulli", D: int = 7, hidden=(20, 16), **options):
     torch.manual_seed(seed)
-    member = build(D, likelihood, categories=3, hidden_sizes=hidden, order="random", direct_connections=True,
-                   seed=seed, **options)
+    member = build(
+        D,
+        likelihood,
+        categories=3,
+        hidden_sizes=hidden,
+        order="random",
+        direct_connections=True,
+        seed=seed,
+        **options,
+    )
     x = markov_chain(64, D, seed=seed) if likelihood == "bernoulli" else torch.randint(0, 3, (64, D)).float()
     return take_training_steps(member, x, steps=15)
 
 
 def random_mixture(D: int, likelihood: str = "bernoulli", hidden=(18, 12), K: int = 3, **options):
     """K untrained members with their own random orderings, merged."""
-    return merge([build(D, likelihood, categories=3, components=2, hidden_sizes=hidden, order="random",
-                        direct_connections=True, seed=k, **options) for k in range(K)])
+    return merge(
+        [
+            build(
+                D,
+                likelihood,
+                categories=3,
+                components=2,
+                hidden_sizes=hidden,
+                order="random",
+                direct_connections=True,
+                seed=k,
+                **options,
+            )
+            for k in range(K)
+        ]
+    )
 
 
 @pytest.mark.parametrize("hidden", [(21, 15), (12,), ()])
@@ -62,7 +90,9 @@ def test_a_mixture_sums_to_one_by_enumeration(likelihood):
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "categorical"])
 def test_merge_computes_each_member_exactly_and_averages_probabilities(likelihood):
-    members = [trained_member(s, likelihood, hidden=h) for s, h in ((1, (20, 16)), (2, (9, 30)), (3, (14, 5)))]
+    members = [
+        trained_member(s, likelihood, hidden=h) for s, h in ((1, (20, 16)), (2, (9, 30)), (3, (14, 5)))
+    ]
     mixture = merge(members)
     assert mixture.config.hidden_sizes == [43, 51] and mixture.n_masks == 3 and mixture.config.mixture
     x = markov_chain(50, 7) if likelihood == "bernoulli" else torch.randint(0, 3, (50, 7)).float()

@@ -11,7 +11,6 @@ import torch
 from service.made import build
 from tests.helpers import assert_autoregressive, output_jacobian, take_training_steps
 
-
 CONFIGS = [
     dict(hidden_sizes=(30,)),
     dict(hidden_sizes=(30, 30)),
@@ -39,8 +38,16 @@ def test_outputs_never_depend_on_their_own_or_later_inputs(options, likelihood):
 @pytest.mark.parametrize("direct", [False, True])
 def test_dense_network_reaches_every_earlier_input(direct):
     D = 8
-    model = build(D, "gaussian", hidden_sizes=(200, 200), activation="tanh", n_masks=3, order="random",
-                  direct_connections=direct, seed=1).double()
+    model = build(
+        D,
+        "gaussian",
+        hidden_sizes=(200, 200),
+        activation="tanh",
+        n_masks=3,
+        order="random",
+        direct_connections=direct,
+        seed=1,
+    ).double()
     for k in range(model.n_masks):
         degrees = model.network.input_degrees[k]
         jac = output_jacobian(model, k, torch.randn(3, D, dtype=torch.float64))
@@ -60,7 +67,7 @@ def test_mask_resampling_changes_only_what_it_names(resampling):
     assert (len(hidden) > 1) == (resampling in ("connectivity", "both"))
     fresh_inputs, fresh_hidden = net.draw_degrees(torch.Generator().manual_seed(0))
     assert torch.equal(fresh_inputs, net.input_degrees[0]) == (resampling == "connectivity")
-    same_hidden = all(torch.equal(a, b) for a, b in zip(fresh_hidden, net.hidden_degrees(0)))
+    same_hidden = all(torch.equal(a, b) for a, b in zip(fresh_hidden, net.hidden_degrees(0), strict=True))
     assert same_hidden == (resampling == "order")
 
 

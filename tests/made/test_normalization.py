@@ -31,8 +31,15 @@ def test_binary_sums_to_one_by_enumeration(options):
             assert abs(total - 1.0) < 1e-5, f"K={K}: sum of p(x) over all 2^{D} vectors is {total}"
 
 
-@pytest.mark.parametrize("options", [dict(hidden_sizes=(20,)), dict(hidden_sizes=(20, 20), n_masks=3,
-                                     order="random", direct_connections=True, mask_conditioning=True)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(hidden_sizes=(20,)),
+        dict(
+            hidden_sizes=(20, 20), n_masks=3, order="random", direct_connections=True, mask_conditioning=True
+        ),
+    ],
+)
 def test_categorical_sums_to_one_by_enumeration(options):
     D, K = 4, 3
     model = build(D, "categorical", categories=K, **options)
@@ -58,12 +65,23 @@ def correlated_real_data(n: int, D: int) -> torch.Tensor:
 def test_real_densities_integrate_to_one(likelihood, D):
     data = correlated_real_data(500, D)
     shift, scale = data.mean(0), data.std(0)
-    model = build(D, likelihood, components=3, hidden_sizes=(16,), n_masks=2, order="random",
-                  direct_connections=True, shift=shift, scale=scale).double()
+    model = build(
+        D,
+        likelihood,
+        components=3,
+        hidden_sizes=(16,),
+        n_masks=2,
+        order="random",
+        direct_connections=True,
+        shift=shift,
+        scale=scale,
+    ).double()
     take_training_steps(model, data.double(), steps=60)
     # Grid over +-10 standard deviations of each dimension, in the data's original units.
-    axes = [torch.linspace(float(s - 10 * c), float(s + 10 * c), 801 if D == 2 else 20001, dtype=torch.float64)
-            for s, c in zip(shift, scale)]
+    axes = [
+        torch.linspace(float(s - 10 * c), float(s + 10 * c), 801 if D == 2 else 20001, dtype=torch.float64)
+        for s, c in zip(shift, scale, strict=True)
+    ]
     grid = torch.cartesian_prod(*axes).reshape(-1, D)
     cell = math.prod(float(a[1] - a[0]) for a in axes)
     with torch.no_grad():
@@ -104,8 +122,10 @@ def test_asking_for_more_masks_than_stored_is_refused():
     assert build(4, hidden_sizes=(8,), n_masks=3, eval_masks=2).resolve_masks(None) == 2
 
 
-@pytest.mark.parametrize("options", [dict(n_masks=1, order="random"),
-                                     dict(n_masks=3, mask_resampling="connectivity", order="reversed")])
+@pytest.mark.parametrize(
+    "options",
+    [dict(n_masks=1, order="random"), dict(n_masks=3, mask_resampling="connectivity", order="reversed")],
+)
 def test_per_dimension_conditionals_are_normalised_and_sum_to_log_prob(options):
     D = 5
     model = build(D, "bernoulli", hidden_sizes=(16, 16), **options)
@@ -121,10 +141,12 @@ def test_per_dimension_conditionals_are_normalised_and_sum_to_log_prob(options):
             flipped[:, d] = 1 - flipped[:, d]
             both = conditionals[:, d].exp() + model.conditional_log_probs(flipped)[:, d].exp()
             assert torch.allclose(both, torch.ones_like(both), atol=1e-5)
-            for later in ordering[position + 1:]:
+            for later in ordering[position + 1 :]:
                 changed = x.clone()
                 changed[:, later] = 1 - changed[:, later]
-                assert torch.allclose(model.conditional_log_probs(changed)[:, d], conditionals[:, d], atol=1e-6)
+                assert torch.allclose(
+                    model.conditional_log_probs(changed)[:, d], conditionals[:, d], atol=1e-6
+                )
 
 
 def test_per_dimension_conditionals_of_mixed_orderings_are_refused():

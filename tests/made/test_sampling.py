@@ -33,8 +33,15 @@ def empirical_tv(samples: torch.Tensor, categories: int, probabilities: torch.Te
 @pytest.mark.parametrize("masks", [1, 3])
 def test_binary_samples_match_exact_probabilities(masks):
     D, n = 5, 200_000
-    model = build(D, "bernoulli", hidden_sizes=(24, 24), n_masks=3, order="random",
-                  direct_connections=True, mask_conditioning=True)
+    model = build(
+        D,
+        "bernoulli",
+        hidden_sizes=(24, 24),
+        n_masks=3,
+        order="random",
+        direct_connections=True,
+        mask_conditioning=True,
+    )
     take_training_steps(model, markov_chain(512, D, stay=0.85), steps=100)
     outcomes = all_binary(D)
     with torch.no_grad():
@@ -69,12 +76,22 @@ def test_real_valued_samples_match_the_density(likelihood):
     z = torch.randn(600, D)
     z[:, 1] = torch.where(z[:, 0] > 0, 2.0, -2.0) + 0.5 * z[:, 1]  # bimodal given x_0
     data = z * torch.tensor([2.0, 1.0]) + torch.tensor([5.0, 0.0])
-    model = build(D, likelihood, components=3, hidden_sizes=(24,), n_masks=2, order="random",
-                  shift=data.mean(0), scale=data.std(0)).double()
+    model = build(
+        D,
+        likelihood,
+        components=3,
+        hidden_sizes=(24,),
+        n_masks=2,
+        order="random",
+        shift=data.mean(0),
+        scale=data.std(0),
+    ).double()
     take_training_steps(model, data.double(), steps=80)
     lo, hi = data.min(0).values - 1, data.max(0).values + 1
     fine = 50  # grid cells per bin and axis
-    axes = [torch.linspace(float(lo[i]), float(hi[i]), bins * fine + 1, dtype=torch.float64) for i in range(D)]
+    axes = [
+        torch.linspace(float(lo[i]), float(hi[i]), bins * fine + 1, dtype=torch.float64) for i in range(D)
+    ]
     centres = [(a[1:] + a[:-1]) / 2 for a in axes]
     grid = torch.cartesian_prod(*centres)
     with torch.no_grad():
@@ -93,8 +110,16 @@ def test_real_valued_samples_match_the_density(likelihood):
 
 
 def test_same_seed_same_samples_and_seeds_differ():
-    model = build(8, "mog", components=2, hidden_sizes=(16,), n_masks=3, order="random",
-                  shift=torch.zeros(8), scale=torch.ones(8))
+    model = build(
+        8,
+        "mog",
+        components=2,
+        hidden_sizes=(16,),
+        n_masks=3,
+        order="random",
+        shift=torch.zeros(8),
+        scale=torch.ones(8),
+    )
     a = sample(model, 64, generator=make_generator(11))
     b = sample(model, 64, generator=make_generator(11))
     c = sample(model, 64, generator=make_generator(12))
@@ -119,5 +144,5 @@ def test_rows_drawn_with_different_generators_can_be_sampled_in_one_batch():
     model = build(7, "categorical", categories=3, hidden_sizes=(16,), n_masks=3, order="random")
     alone = [sample(model, n, generator=make_generator(seed)) for n, seed in ((5, 1), (9, 2))]
     parts = [draw_randomness(model, n, generator=make_generator(seed)) for n, seed in ((5, 1), (9, 2))]
-    merged = sample_from_randomness(model, type(parts[0])(*(torch.cat(t) for t in zip(*parts))))
+    merged = sample_from_randomness(model, type(parts[0])(*(torch.cat(t) for t in zip(*parts, strict=True))))
     assert torch.equal(merged, torch.cat(alone))

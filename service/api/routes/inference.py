@@ -36,12 +36,28 @@ from ..schemas import (
 )
 
 router = APIRouter(prefix="/v1/models", tags=["inference"])
-ERRORS = (MalformedRequest, ModelNotFound, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, InvalidInput,
-          ComputeFailed, ModelNotReady, QueueFull, OutOfMemory, ShuttingDown, DeadlineExceeded)
+ERRORS = (
+    MalformedRequest,
+    ModelNotFound,
+    NotAcceptable,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    InvalidInput,
+    ComputeFailed,
+    ModelNotReady,
+    QueueFull,
+    OutOfMemory,
+    ShuttingDown,
+    DeadlineExceeded,
+)
 
 
-@router.post("/{name}/log-prob", response_model=LogProbResponse, responses=responses(*ERRORS),
-             openapi_extra=body_docs(LogProbRequest, npy=True, query=LogProbOptions))
+@router.post(
+    "/{name}/log-prob",
+    response_model=LogProbResponse,
+    responses=responses(*ERRORS),
+    openapi_extra=body_docs(LogProbRequest, npy=True, query=LogProbOptions),
+)
 async def log_prob(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """Exact log p(x) in nats for each row, from one network pass per mask (K masks average probabilities).
 
@@ -52,15 +68,21 @@ async def log_prob(name: str, request: Request, engine: EngineDep, deadline: Dea
     result = await engine.log_prob(name, rows, options.masks, options.per_dimension, deadline)
     headers = {"X-Model-Version": str(result.version), "X-Masks": str(result.masks)}
     if accept == codecs.NPY:
-        return codecs.npy_response(result.per_dimension if options.per_dimension else result.log_prob, headers)
+        return codecs.npy_response(
+            result.per_dimension if options.per_dimension else result.log_prob, headers
+        )
     body = {"model": name, "version": result.version, "masks": result.masks, "log_prob": result.log_prob}
     if result.per_dimension is not None:
         body["per_dimension"] = result.per_dimension
     return codecs.json_response(body, headers=headers)
 
 
-@router.post("/{name}/anomaly", response_model=AnomalyResponse, responses=responses(*ERRORS, NotCalibrated),
-             openapi_extra=body_docs(AnomalyRequest, npy=True, query=AnomalyOptions))
+@router.post(
+    "/{name}/anomaly",
+    response_model=AnomalyResponse,
+    responses=responses(*ERRORS, NotCalibrated),
+    openapi_extra=body_docs(AnomalyRequest, npy=True, query=AnomalyOptions),
+)
 async def anomaly(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """Anomaly score (negative log-likelihood), p-value against the model's calibration data, and a flag at
     the threshold for the requested false-positive rate. `Accept: application/x-npy` answers with a
@@ -68,23 +90,52 @@ async def anomaly(name: str, request: Request, engine: EngineDep, deadline: Dead
     accept = codecs.wants(request, codecs.JSON, codecs.NPY)
     options, rows = await read_rows_and_options(request, engine, AnomalyOptions)
     result = await engine.anomaly(name, rows, options.fpr, deadline)
-    headers = {"X-Model-Version": str(result.version), "X-Masks": str(result.masks),
-               "X-Threshold": repr(result.threshold), "X-FPR": repr(result.fpr)}
+    headers = {
+        "X-Model-Version": str(result.version),
+        "X-Masks": str(result.masks),
+        "X-Threshold": repr(result.threshold),
+        "X-FPR": repr(result.fpr),
+    }
     if accept == codecs.NPY:
         table = np.empty(len(result.score), dtype=[("score", "<f8"), ("p_value", "<f8"), ("is_anomaly", "?")])
-        table["score"], table["p_value"], table["is_anomaly"] = result.score, result.p_value, result.is_anomaly
+        table["score"], table["p_value"], table["is_anomaly"] = (
+            result.score,
+            result.p_value,
+            result.is_anomaly,
+        )
         return codecs.npy_response(table, headers)
     return codecs.json_response(
-        {"model": name, "version": result.version, "masks": result.masks, "fpr": result.fpr,
-         "threshold": result.threshold, "score": result.score, "p_value": result.p_value,
-         "is_anomaly": result.is_anomaly},
+        {
+            "model": name,
+            "version": result.version,
+            "masks": result.masks,
+            "fpr": result.fpr,
+            "threshold": result.threshold,
+            "score": result.score,
+            "p_value": result.p_value,
+            "is_anomaly": result.is_anomaly,
+        },
         headers=headers,
     )
 
 
-@router.post("/{name}/sample", response_model=SampleResponse, responses=responses(*ERRORS),
-             openapi_extra=body_docs(SampleRequest) | {"responses": {"200": {"content": {
-                 codecs.JSON: {}, codecs.NPY: {}, codecs.PNG: {"schema": {"type": "string", "format": "binary"}}}}}})
+@router.post(
+    "/{name}/sample",
+    response_model=SampleResponse,
+    responses=responses(*ERRORS),
+    openapi_extra=body_docs(SampleRequest)
+    | {
+        "responses": {
+            "200": {
+                "content": {
+                    codecs.JSON: {},
+                    codecs.NPY: {},
+                    codecs.PNG: {"schema": {"type": "string", "format": "binary"}},
+                }
+            }
+        }
+    },
+)
 async def sample(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """Draw n samples; the same seed gives the same samples. With `observed`, draw n completions of a
     partly observed vector from p(x_missing | x_observed) (inpainting), keeping the observed values exactly.
@@ -95,12 +146,24 @@ async def sample(name: str, request: Request, engine: EngineDep, deadline: Deadl
     body = codecs.parse_json(await codecs.read_body(request, engine.settings.max_body_bytes))
     options = validate_options(SampleRequest, body, engine.settings)
     result = await engine.sample(name, options, deadline, image=accept == codecs.PNG)
-    headers = {"X-Model-Version": str(result.version), "X-Seed": str(result.seed), "X-Masks": str(result.masks)}
+    headers = {
+        "X-Model-Version": str(result.version),
+        "X-Seed": str(result.seed),
+        "X-Masks": str(result.masks),
+    }
     if result.image is not None:
         image = result.image
         png = codecs.png_grid(image.values, image.shape, image.low, image.high, observed=image.observed)
         return Response(png, media_type=codecs.PNG, headers=headers)
     if accept == codecs.NPY:
         return codecs.npy_response(result.samples, headers)
-    return codecs.json_response({"model": name, "version": result.version, "masks": result.masks,
-                                 "seed": result.seed, "samples": result.samples}, headers=headers)
+    return codecs.json_response(
+        {
+            "model": name,
+            "version": result.version,
+            "masks": result.masks,
+            "seed": result.seed,
+            "samples": result.samples,
+        },
+        headers=headers,
+    )

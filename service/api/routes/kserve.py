@@ -20,8 +20,20 @@ from ..errors import InvalidInput
 from ..schemas import V2InferRequest, V2InferResponse, V2ModelMetadata
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
-NUMERIC = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-           "FP16", "FP32", "FP64"}
+NUMERIC = {
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+}
 
 
 @router.get("")
@@ -76,8 +88,9 @@ async def infer(name: str, request: Request, engine: EngineDep, deadline: Deadli
     except (TypeError, ValueError):
         raise InvalidInput("input data must be numbers (flat, or nested to the declared shape)") from None
     if values.size != math.prod(tensor.shape):
-        raise InvalidInput(f"input data holds {values.size} values; shape {tensor.shape} needs "
-                           f"{math.prod(tensor.shape)}")
+        raise InvalidInput(
+            f"input data holds {values.size} values; shape {tensor.shape} needs {math.prod(tensor.shape)}"
+        )
     for output in infer_request.outputs or []:
         if output.name != "log_prob":
             raise InvalidInput(f"unknown output {output.name!r}; this model has 'log_prob'")
@@ -85,11 +98,19 @@ async def infer(name: str, request: Request, engine: EngineDep, deadline: Deadli
     if masks is not None and not isinstance(masks, int):
         raise InvalidInput("parameters.masks must be an integer")
     result = await engine.log_prob(name, values.reshape(tensor.shape), masks, False, deadline)
-    return codecs.json_response({
-        "model_name": name,
-        "model_version": str(result.version),
-        "id": infer_request.id,
-        "parameters": {"masks": result.masks},
-        "outputs": [{"name": "log_prob", "datatype": "FP64", "shape": [len(result.log_prob)],
-                     "data": result.log_prob}],
-    })
+    return codecs.json_response(
+        {
+            "model_name": name,
+            "model_version": str(result.version),
+            "id": infer_request.id,
+            "parameters": {"masks": result.masks},
+            "outputs": [
+                {
+                    "name": "log_prob",
+                    "datatype": "FP64",
+                    "shape": [len(result.log_prob)],
+                    "data": result.log_prob,
+                }
+            ],
+        }
+    )

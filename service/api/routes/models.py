@@ -13,27 +13,39 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 def describe(registry: ModelRegistry, entry: ModelEntry) -> ModelInfo:
-    info = ModelInfo(name=entry.name, status=entry.state, versions_available=registry.versions(entry.name),
-                     loading_version=entry.loading_version, last_error=entry.last_error)
+    info = ModelInfo(
+        name=entry.name,
+        status=entry.state,
+        versions_available=registry.versions(entry.name),
+        loading_version=entry.loading_version,
+        last_error=entry.last_error,
+    )
     served = entry.current
     if served is None:
         return info
     config = served.config
     training = config.training.model_dump(exclude={"history"}) if config.training else None
-    return info.model_copy(update=dict(
-        version=served.version,
-        likelihood=config.likelihood.model_dump(exclude_none=True),
-        n_dims=config.n_dims,
-        input_shape=config.input_shape,
-        hidden_sizes=config.hidden_sizes,
-        masks=MasksInfo(stored=config.n_masks, default=config.eval_masks, resampling=config.mask_resampling,
-                        fresh_masks=config.fresh_masks, mixture=config.mixture),
-        device=str(served.device),
-        loaded_at=served.loaded_at,
-        load_seconds=round(served.load_seconds, 4),
-        training=training,
-        calibration=config.calibration.summary() if config.calibration else None,
-    ))
+    return info.model_copy(
+        update=dict(
+            version=served.version,
+            likelihood=config.likelihood.model_dump(exclude_none=True),
+            n_dims=config.n_dims,
+            input_shape=config.input_shape,
+            hidden_sizes=config.hidden_sizes,
+            masks=MasksInfo(
+                stored=config.n_masks,
+                default=config.eval_masks,
+                resampling=config.mask_resampling,
+                fresh_masks=config.fresh_masks,
+                mixture=config.mixture,
+            ),
+            device=str(served.device),
+            loaded_at=served.loaded_at,
+            load_seconds=round(served.load_seconds, 4),
+            training=training,
+            calibration=config.calibration.summary() if config.calibration else None,
+        )
+    )
 
 
 @router.get("", response_model=ModelList)
@@ -50,9 +62,13 @@ async def get_model(name: str, engine: EngineDep) -> ModelInfo:
     return describe(engine.registry, engine.registry.entry(name))
 
 
-@router.post("/{name}/reload", status_code=202, response_model=ReloadResponse,
-             dependencies=[Depends(require_admin)],
-             responses=responses(Unauthorized, ModelNotFound))
+@router.post(
+    "/{name}/reload",
+    status_code=202,
+    response_model=ReloadResponse,
+    dependencies=[Depends(require_admin)],
+    responses=responses(Unauthorized, ModelNotFound),
+)
 async def reload_model(name: str, engine: EngineDep) -> ReloadResponse:
     """Load the model's newest (or pinned) version in the background and swap it in atomically; the current
     version serves until then, and keeps serving if the load fails. Needs the admin token if one is set."""
