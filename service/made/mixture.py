@@ -28,23 +28,7 @@ class MADEMixture(Density):
         super().__init__()
         check_members(members)
         self.members = nn.ModuleList(members)
-        self.eval_masks = len(members) if eval_masks is None else eval_masks
-
-    @property
-    def config(self) -> MADEConfig:
-        """The mixture as one architecture: the members' layers side by side, one mask per member (what
-        its checkpoint describes); the order and seed are the first member's."""
-        first = self.members[0].config
-        widths = [m.config.hidden_sizes for m in self.members]
-        return MADEConfig(
-            **first.model_dump(
-                exclude={"hidden_sizes", "n_masks", "eval_masks", "mask_resampling", "fresh_masks", "mixture"}
-            ),
-            hidden_sizes=[sum(layer) for layer in zip(*widths, strict=True)],
-            n_masks=len(self.members),
-            eval_masks=self.eval_masks,
-            mixture=True,
-        )
+        self.config = mixture_config(members, eval_masks)  # once: the members are fixed
 
     @property
     def likelihood(self):
@@ -78,6 +62,22 @@ class MADEMixture(Density):
 
     def component(self, k: int) -> tuple[MADEDensity, int]:
         return self.members[k], 0
+
+
+def mixture_config(members: list[MADEDensity], eval_masks: int | None = None) -> MADEConfig:
+    """The mixture as one architecture: the members' layers side by side, one mask per member (what its
+    checkpoint describes); the order and seed are the first member's."""
+    first = members[0].config
+    widths = [m.config.hidden_sizes for m in members]
+    return MADEConfig(
+        **first.model_dump(
+            exclude={"hidden_sizes", "n_masks", "eval_masks", "mask_resampling", "fresh_masks", "mixture"}
+        ),
+        hidden_sizes=[sum(layer) for layer in zip(*widths, strict=True)],
+        n_masks=len(members),
+        eval_masks=eval_masks,
+        mixture=True,
+    )
 
 
 def check_members(members: list[MADEDensity]) -> None:
