@@ -30,8 +30,8 @@ and headers that parse as floats) must agree within 1e-4 absolute (arrays: the m
 is reported), integers, strings, booleans, nulls, hashes, dtypes and shapes exactly; an item present on
 one side only is a difference. `meta` (commit, date, timings) is shown but not compared.
 
-Run it with any Python 3.10+ that has numpy (the checkout's `.venv/bin/python` will do); it uses only
-the standard library besides numpy. Seeds are fixed, so two runs on the same code, machine and device
+Run it with the project's `.venv/bin/python` (numpy, and httpx for bench/throughput.py's `Server`, which
+starts and stops the server for it). Seeds are fixed, so two runs on the same code, machine and device
 give the same fingerprint.
 """
 
@@ -44,8 +44,6 @@ import io
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +53,9 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import Server, free_port  # noqa: E402  (a sibling script: the server's start and stop)
 
 TOLERANCE = 1e-4
 SAMPLE_N = 64
@@ -239,87 +240,33 @@ def record_cli(
 # ------------------------------------------------------------------------------------------------- HTTP
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`made serve` of the checkout on a free port, stopped with SIGTERM on exit."""
-
-    def __init__(self, repo: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_file = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            [
-                str(repo / ".venv" / "bin" / "made"),
-                "serve",
-                "--model-repository",
-                str(repo / "models"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            cwd=repo,
-            env=clean_env(MADE_DEVICE="cpu"),
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-        )
-        self.log_path = log_path
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"made serve exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(self.base + "/readyz", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"made serve not ready after {READY_TIMEOUT_S} s; see {self.log_path}")
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body=None,
-        content_type: str = "application/json",
-        accept: str | None = None,
-    ) -> dict:
-        data = None
-        headers = {}
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            headers["Content-Type"] = content_type
-        if accept:
-            headers["Accept"] = accept
-        req = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as response:
-                status, got, payload = response.status, response.headers, response.read()
-        except urllib.error.HTTPError as error:
-            status, got, payload = error.code, error.headers, error.read()
-        return {
-            "status": status,
-            "headers": {h: got.get(h) for h in HEADERS if got.get(h) is not None},
-            "body": decode_body(got.get("Content-Type", ""), payload),
-        }
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log_file.close()
+def request(
+    base: str,
+    method: str,
+    path: str,
+    body=None,
+    content_type: str = "application/json",
+    accept: str | None = None,
+) -> dict:
+    """One request to the server at `base`: its status, the recorded headers and the decoded body."""
+    data = None
+    headers = {}
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers["Content-Type"] = content_type
+    if accept:
+        headers["Accept"] = accept
+    req = urllib.request.Request(base + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as response:
+            status, got, payload = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        status, got, payload = error.code, error.headers, error.read()
+    return {
+        "status": status,
+        "headers": {h: got.get(h) for h in HEADERS if got.get(h) is not None},
+        "body": decode_body(got.get("Content-Type", ""), payload),
+    }
 
 
 def drop_timing(value):
@@ -499,25 +446,33 @@ def record_http(
     rec: Recorder, repo: Path, models: dict[str, tuple[Path, np.ndarray, int]], work: Path
 ) -> None:
     start = time.perf_counter()
-    server = Server(repo, work / "serve.log")
+    server = Server(
+        str(repo / ".venv" / "bin" / "made"),
+        repo / "models",
+        free_port(),
+        [],
+        work / "serve.log",
+        env=clean_env(MADE_DEVICE="cpu"),
+    )
+    status = None
     try:
-        server.wait_ready()
+        server.start(timeout_s=READY_TIMEOUT_S)
         rec.timings["http/startup"] = time.perf_counter() - start
         for label, method, path, options in GLOBAL_REQUESTS:
-            record_answer(rec, f"http/{label}", server.request(method, path, **options))
+            record_answer(rec, f"http/{label}", request(server.base, method, path, **options))
         for name, (_, rows, n_masks) in models.items():
             start = time.perf_counter()
             for label, method, path, options in model_requests(name, rows, n_masks):
                 t0 = time.perf_counter()
-                answer = server.request(method, path, **options)
+                answer = request(server.base, method, path, **options)
                 rec.timings[f"{name}/http/{label}"] = time.perf_counter() - t0
                 if answer["status"] >= 500:
                     log(f"{name} {label}: HTTP {answer['status']} {answer['body']}")
                 record_answer(rec, f"{name}/http/{label}", answer)
             rec.timings[f"{name}/http"] = time.perf_counter() - start
     finally:
-        server.stop()
-    rec.notes["server_exit_status"] = server.process.returncode
+        status = server.stop()
+    rec.notes["server_exit_status"] = status
 
 
 # ------------------------------------------------------------------------------------------------ record

@@ -149,7 +149,16 @@ def free_port() -> int:
 
 # ---- the server -----------------------------------------------------------------------------------------
 class Server:
-    def __init__(self, made: str, repository: Path, port: int, flags: list[str], log_path: Path):
+    def __init__(
+        self,
+        made: str,
+        repository: Path,
+        port: int,
+        flags: list[str],
+        log_path: Path,
+        env: dict | None = None,
+    ):
+        self.env = {**os.environ, **SERVER_ENV} if env is None else env  # the server's whole environment
         self.port = port
         self.base = f"http://{HOST}:{port}"
         self.command = [
@@ -168,10 +177,9 @@ class Server:
 
     def start(self, timeout_s: float) -> None:
         log(f"starting: {shlex.join(self.command)} (log: {self.log_path})")
-        env = {**os.environ, **SERVER_ENV}
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
         self.process = subprocess.Popen(
-            self.command, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            self.command, stdout=self._log_file, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT
         )
         started = time.monotonic()
         with httpx.Client(timeout=2.0) as client:
