@@ -46,9 +46,6 @@ class ServedModel:
     def calibration(self) -> Calibration | None:
         return self.config.calibration
 
-    def shares_ordering(self, masks: int) -> bool:
-        return self.model.shares_ordering(masks)
-
 
 @dataclass
 class ModelEntry:

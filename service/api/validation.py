@@ -49,7 +49,7 @@ def masks(served: ServedModel, masks: int | None) -> int:
 
 def per_dimension(served: ServedModel, masks: int) -> None:
     """Per-dimension conditionals of an ensemble are only defined when its masks share one ordering."""
-    if masks > 1 and not served.shares_ordering(masks):
+    if masks > 1 and not served.model.shares_ordering(masks):
         raise InvalidInput(
             f"per-dimension conditionals of a {masks}-mask ensemble need masks that share one ordering; "
             "this model's masks use different orderings (ask for masks=1)",
