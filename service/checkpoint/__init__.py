@@ -4,8 +4,16 @@ schema.py is config.json, layout.py how tensors sit in weights.safetensors, file
 a version directory.
 """
 
-from .files import CONFIG_FILE, DTYPES, PICKLE_SUFFIXES, WEIGHTS_FILE, load, read_config, save, write_config
-from .schema import FORMAT, FORMAT_VERSION, CheckpointConfig, CheckpointError, Standardisation, TrainingRecord
+from .files import CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_FILE, load, read_config, save, write_config
+from .schema import (
+    DTYPES,
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointConfig,
+    CheckpointError,
+    Standardisation,
+    TrainingRecord,
+)
 
 __all__ = [
     "CONFIG_FILE",

@@ -20,19 +20,11 @@ from safetensors.torch import load_file, save_file
 from ..calibration import Calibration
 from ..made import Density, MADEDensity, MADEMixture
 from . import layout
-from .schema import FORMAT, FORMAT_VERSION, CheckpointConfig, CheckpointError
+from .schema import DTYPES, FORMAT, FORMAT_VERSION, CheckpointConfig, CheckpointError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
-# Storage dtype of the floating-point tensors. "int8" quantizes the masked layers' weight matrices
-# (layout.py) and keeps the other, small, tensors (biases, scales) in float32.
-DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int8": torch.float32,
-}
 
 
 def save(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..calibration import Calibration
@@ -12,7 +13,14 @@ from ..made import Density, MADEConfig
 
 FORMAT = "made-checkpoint"
 FORMAT_VERSION = 1
-WEIGHTS_DTYPES = ("float32", "float16", "bfloat16", "int8")
+# Storage dtype of the floating-point tensors. "int8" quantizes the masked layers' weight matrices
+# (layout.py) and keeps the other, small, tensors (biases, scales) in float32.
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int8": torch.float32,
+}
 
 
 class CheckpointError(Exception):
@@ -50,7 +58,7 @@ class CheckpointConfig(MADEConfig):
     input_shape: list[Annotated[int, Field(ge=1)]] | None = None
     standardisation: Standardisation | None = None
     # "int8": each masked weight matrix row as int8 values times one float32 scale (w = q * scale)
-    weights_dtype: Literal[WEIGHTS_DTYPES] = "float32"
+    weights_dtype: Literal[tuple(DTYPES)] = "float32"
     # "masked": a one-mask model or a mixture stores only the weights some mask keeps (about half),
     # each matrix flattened row-major (layout.py)
     weights_layout: Literal["dense", "masked"] = "dense"
