@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test serve clean
+.PHONY: install lint test serve clean gpu-bundle gpu-check
 
 install: $(STAMP)
 
@@ -35,3 +35,28 @@ clean:
 # The service on the bundled model repository (models/), at http://127.0.0.1:8000 (MADE_* variables apply).
 serve: $(STAMP)
 	$(BIN)/made serve $(SERVE_ARGS)
+
+# The GPU check (docs/gpu.md): every CUDA path tested and measured, and a time-boxed MNIST training run, in
+# one command that writes $(GPU_CHECK_OUT)/summary.md. On a GPU machine whose image lacks our web stack:
+#   make gpu-bundle                                      # here: wheels + data into .gpu/ (ignored, travels)
+#   make gpu-check GPU_CHECK_BUNDLE=.gpu GPU_CHECK_OUT=out   # there
+# On CPU, small (how it is tested): make gpu-check GPU_CHECK_DEVICE=cpu GPU_CHECK_SCALE=tiny GPU_CHECK_OUT=dir
+GPU_CHECK_DEVICE ?= cuda
+GPU_CHECK_SCALE ?= full
+GPU_CHECK_OUT ?= gpu-check-out
+GPU_CHECK_BUNDLE ?=
+ifeq ($(GPU_CHECK_DEVICE),cpu)
+GPU_CHECK_PYTHON ?= $(BIN)/python
+GPU_CHECK_NEEDS := $(STAMP)
+else
+# a GPU machine's own Python (with its CUDA torch), unless this checkout has a .venv
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_CHECK_NEEDS :=
+endif
+
+gpu-bundle: $(STAMP)
+	bench/gpu_bundle.sh fetch .gpu
+
+gpu-check: $(GPU_CHECK_NEEDS)
+	$(GPU_CHECK_PYTHON) bench/gpu_check.py --device $(GPU_CHECK_DEVICE) --scale $(GPU_CHECK_SCALE) \
+		--out $(GPU_CHECK_OUT) $(if $(GPU_CHECK_BUNDLE),--bundle $(GPU_CHECK_BUNDLE))

@@ -50,11 +50,8 @@ def best_of(fn, repeat: int, device: torch.device) -> float:
     return best
 
 
-def models(quick: bool, device: torch.device):
-    for bundled in (
-        "binarized-mnist",
-        "binarized-mnist-any-order",
-    ):  # the default, then the order-agnostic one
+def models(quick: bool, device: torch.device, bundled_models: list[str], max_dims: int | None):
+    for bundled in bundled_models:
         path = ROOT / "models" / bundled / "1"
         if path.is_dir():
             model, config = checkpoint.load(path, device=device)
@@ -66,6 +63,8 @@ def models(quick: bool, device: torch.device):
             (112, (500, 500), dict(n_masks=4, order="random")),
         ]
     for D, hidden, options in synthetic:
+        if max_dims is not None and D > max_dims:
+            continue
         torch.manual_seed(0)
         yield f"synthetic D={D}", build(D, "bernoulli", hidden_sizes=hidden, **options).to(device).eval()
 
@@ -78,12 +77,19 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--bundled",
+        nargs="*",
+        default=["binarized-mnist", "binarized-mnist-any-order"],  # the default, then the order-agnostic one
+        help="bundled models (models/<name>/1) to measure before the synthetic architectures",
+    )
+    parser.add_argument("--max-dims", type=int, help="skip synthetic architectures of more dimensions")
     args = parser.parse_args()
     if args.quick:
         args.repeat = 1
     device = resolve_device(args.device)
     rows = []
-    for name, model in models(args.quick, device):
+    for name, model in models(args.quick, device, args.bundled, args.max_dims):
         config = model.config
         K = config.eval_masks
         for batch in args.batch:

@@ -93,6 +93,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="requests each client sends (default 20; --quick: 10)",
     )
     p.add_argument("--rows", type=int, default=1, help="rows per request")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=list(MODES),
+        default=list(MODES),
+        metavar="MODE",
+        help=f"batching modes to measure, in this order (from: {', '.join(repr(m) for m in MODES)})",
+    )
     p.add_argument("--quick", action="store_true", help="small counts, to check that everything works")
     p.add_argument(
         "--max-seconds",
@@ -377,7 +385,7 @@ def machine_info(args, made: str) -> list[str]:
     cores = os.cpu_count()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
-    modes = "; ".join(f"{m}: `{shlex.join(f)}`" for m, f in MODES.items())
+    modes = "; ".join(f"{m}: `{shlex.join(MODES[m])}`" for m in args.modes)
     env = " ".join(f"{k}={v}" for k, v in SERVER_ENV.items())
     return [
         f"- date: {datetime.now(UTC).isoformat(timespec='seconds')}",
@@ -410,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"no model repository at {repository}")
     results, notes, failures = [], [], []
     with tempfile.TemporaryDirectory(prefix="made-bench-") as tmp:
-        for mode, flags in MODES.items():
+        for mode in args.modes:
+            flags = MODES[mode]
             port = args.port or free_port()
             server = Server(made, repository, port, flags, Path(tmp) / f"server-{port}.log")
             log(f"mode: {mode}")

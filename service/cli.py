@@ -254,6 +254,13 @@ def _add_train_parser(commands) -> None:
         help="validate and keep an exponential moving average of the weights with this decay per step, "
         "e.g. 0.999 (0: off)",
     )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=0.0,
+        help="time budget: stop after the epoch that ends past it; cosine anneals over it or --epochs, "
+        "whichever ends first (0: off)",
+    )
     p.add_argument("--input-shape", type=int, nargs="+", help="shape of one row as an image, e.g. 28 28")
     p.add_argument(
         "--weights-dtype",
@@ -384,6 +391,7 @@ def _train_config(args) -> TrainConfig:
         valid_masks=args.valid_masks,
         grad_clip=args.grad_clip,
         ema_decay=args.ema_decay,
+        max_seconds=args.max_seconds,
         seed=args.seed,
         progress=args.progress,
     )
@@ -412,6 +420,7 @@ def _training_record(args, model, result, valid_spec: str | None, train_rows: in
             "lr_schedule": args.lr_schedule,
             "batch_size": args.batch_size,
             "ema_decay": args.ema_decay,
+            "max_seconds": args.max_seconds,
         },
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(model.device),

@@ -35,12 +35,16 @@ class TrainConfig:
     valid_masks: int = 1  # masks averaged for the per-epoch validation NLL
     grad_clip: float | None = None
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
+    # > 0: a time budget in seconds. Training stops after the epoch that ends past it, and the cosine
+    # schedule anneals over the budget or the epochs, whichever runs out first (so a time-boxed run still
+    # ends at a small learning rate, as a run of the epochs that fit would).
+    max_seconds: float = 0.0
     seed: int = 0
     progress: bool | None = None  # a progress bar; None: only when stderr is a terminal
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.patience < 0:
-            raise ValueError("epochs and batch_size must be >= 1, lr > 0, patience >= 0")
+        if min(self.epochs, self.batch_size) < 1 or self.lr <= 0 or min(self.patience, self.max_seconds) < 0:
+            raise ValueError("epochs and batch_size must be >= 1, lr > 0, patience >= 0, max_seconds >= 0")
         if not 0 <= self.ema_decay < 1:
             raise ValueError("ema_decay must be in [0, 1)")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -89,7 +93,8 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
-    scheduler = _scheduler(optimizer, config, steps_per_epoch)
+    started = time.monotonic()
+    scheduler = _scheduler(optimizer, config, steps_per_epoch, started)
     show_bar = sys.stderr.isatty() if config.progress is None else config.progress
     # The averaged weights are a copy of the model whose parameters follow the trained ones; its degree
     # buffers are the model's (they never change in training), so it scores any stored mask as it would.
@@ -104,7 +109,7 @@ def train(
 
     best_nll, best_epoch, best_state = math.inf, 0, None
     history: list[EpochStats] = []
-    step, started = 0, time.monotonic()
+    step = 0
     epochs_bar = tqdm(
         total=config.epochs, desc="training", unit="epoch", disable=not show_bar, file=sys.stderr
     )
@@ -148,6 +153,9 @@ def train(
                 "early stop: no better validation NLL", extra={"epoch": epoch, "patience": config.patience}
             )
             break
+        if config.max_seconds and time.monotonic() - started >= config.max_seconds:
+            log.info("time budget spent", extra={"epoch": epoch, "max_seconds": config.max_seconds})
+            break
     epochs_bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -170,7 +178,8 @@ def _epoch(
     training NLL and the step count so far."""
     network = model.network
     model.train()
-    total, seen = 0.0, 0
+    # The sum stays on the device: reading it every step would make the host wait for each step on a GPU.
+    total, seen = torch.zeros((), dtype=torch.float64, device=model.device), 0
     for i, rows in enumerate(batches):
         batch = train_x[rows]
         if network.config.fresh_masks:
@@ -188,16 +197,24 @@ def _epoch(
         if config.lr_schedule == "cosine":
             scheduler.step()
         step += 1
-        total += loss.item() * len(batch)
+        total += loss.detach().double() * len(batch)
         seen += len(batch)
-        if i % 20 == 0:
-            batches.set_postfix(train_nll=f"{total / seen:.3f}")
-    return total / seen, step
+        if i % 20 == 0 and not batches.disable:
+            batches.set_postfix(train_nll=f"{float(total) / seen:.3f}")
+    return float(total) / seen, step
 
 
-def _scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
+def _scheduler(optimizer, config: TrainConfig, steps_per_epoch: int, started: float):
+    total_steps = config.epochs * steps_per_epoch
+    if config.lr_schedule == "cosine" and config.max_seconds:
+
+        def cosine(step: int) -> float:  # the factor on lr after `step` steps or the time so far
+            progress = max(step / total_steps, (time.monotonic() - started) / config.max_seconds)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     if config.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     if config.lr_schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=0.5, patience=max(1, config.patience // 4)

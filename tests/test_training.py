@@ -105,3 +105,17 @@ def test_the_weight_average_is_what_is_validated_and_kept():
     )
     assert all(torch.allclose(frozen.state_dict()[k], v, atol=3.1e-3) for k, v in initial.items())
     assert mean_nll(frozen, valid_x) > INDEPENDENT_BITS - 0.5
+
+
+def test_a_time_budget_stops_training_and_anneals_over_it():
+    train_x, valid_x = markov_chain(500, D, seed=3), markov_chain(200, D, seed=4)
+    model = build(D, "bernoulli", hidden_sizes=(64,))
+    config = TrainConfig(epochs=100_000, batch_size=50, lr=1e-2, patience=0, max_seconds=1.0, progress=False)
+    result = train(model, train_x, valid_x, config)
+    assert 1 < result.epochs_run < 100_000
+    assert result.seconds >= 1.0
+    # Cosine over the budget, not over the 100,000 epochs: the rate fell from 1e-2 to near 0 ...
+    assert result.history[-1].lr < 0.2 * config.lr
+    # ... through the middle of the schedule, not in one drop at the end.
+    middle = [h.lr for h in result.history if 0.3 * config.lr < h.lr < 0.7 * config.lr]
+    assert middle, [h.lr for h in result.history]

@@ -20,7 +20,10 @@ from service import calibration, checkpoint
 from service.made import build
 from tests.helpers import markov_chain, take_training_steps
 
-MADE = str(Path(sys.executable).parent / "made")
+# The console script installed beside this Python; where the project is not installed (the GPU check runs
+# the suite from a source tree with its packages on PYTHONPATH), the `made` on PATH.
+_BESIDE = Path(sys.executable).parent / "made"
+MADE = str(_BESIDE) if _BESIDE.exists() else (shutil.which("made") or str(_BESIDE))
 SERVE_COMMAND = [MADE, "serve"]
 
 
