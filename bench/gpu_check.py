@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -242,9 +243,18 @@ print(json.dumps(facts))
 
 
 # ---- 2. tests ----------------------------------------------------------------------------------------
-def pytest_counts(junit: Path) -> dict[str, int]:
+PROGRESS = re.compile(r"^([.FEsxX]+)\s*(\[\s*\d+%\])?$")  # pytest -q's progress lines
+
+
+def pytest_counts(junit: Path, output: str) -> dict[str, int]:
+    """passed/failed/skipped from the JUnit report, or, for a run killed before writing it, from the
+    progress characters it printed."""
     counts = {"passed": 0, "failed": 0, "skipped": 0}
     if not junit.exists():
+        marks = "".join(m.group(1) for line in output.splitlines() if (m := PROGRESS.match(line.strip())))
+        counts["passed"] = marks.count(".")
+        counts["failed"] = marks.count("F") + marks.count("E")
+        counts["skipped"] = marks.count("s") + marks.count("x") + marks.count("X")
         return counts
     root = ElementTree.parse(junit).getroot()
     for suite in [root] if root.tag == "testsuite" else root.iter("testsuite"):
@@ -279,7 +289,7 @@ def step_tests(check: Check) -> Outcome:
             [sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"],
             timeout=share,
         )
-        counts = pytest_counts(junit)
+        counts = pytest_counts(junit, output)
         # all skipped is pytest's success too; no tests at all (5) is not
         statuses.append("passed" if code == 0 else status_of(code))
         summary = ", ".join(f"{v} {k}" for k, v in counts.items())

@@ -117,3 +117,21 @@ def test_make_gpu_check_passes_its_settings_to_the_script():
     ).stdout  # fmt: skip
     command = " ".join(dry_run.replace("\\\n", " ").split())
     assert "bench/gpu_check.py --device cpu --scale tiny --out /tmp/o --bundle .gpu" in command
+
+
+def test_test_counts_come_from_the_junit_report_or_from_the_progress_of_a_killed_run(tmp_path):
+    gpu_check = load_gpu_check()
+    junit = tmp_path / "junit.xml"
+    junit.write_text(
+        '<testsuites><testsuite tests="7" failures="1" errors="1" skipped="2">'
+        '<testcase classname="t" name="a"><failure/></testcase><testcase classname="t" name="b"><error/>'
+        "</testcase></testsuite></testsuites>"
+    )
+    assert gpu_check.pytest_counts(junit, "") == {"passed": 3, "failed": 2, "skipped": 2}
+    assert gpu_check.failed_tests(junit) == ["t::a", "t::b"]
+    killed = "..F.s.   [ 40%]\n....\n"  # pytest -q's progress; no report: it never finished
+    assert gpu_check.pytest_counts(tmp_path / "none.xml", killed) == {
+        "passed": 8,
+        "failed": 1,
+        "skipped": 1,
+    }
