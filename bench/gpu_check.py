@@ -78,7 +78,7 @@ SCALES = {
             "tests/api/test_batcher.py",
         ),
         sampling_args=(),
-        serving_models=(("light", "uci-dna"), ("default", "binarized-mnist")),
+        serving_models=(("light", "uci-mushrooms"), ("default", "binarized-mnist")),
         serving_args=("--clients", "16", "--requests-per-client", "40", "--max-seconds", "8"),
         members=6,
         member_args=(
@@ -93,7 +93,7 @@ SCALES = {
             "tests/api/test_endpoints.py", "-k", "log_prob_matches_the_library or sampling_is_seeded",
         ),
         sampling_args=("--quick", "--batch", "8", "--bundled", "--max-dims", "200"),  # one small architecture
-        serving_models=(("light", "uci-dna"),),
+        serving_models=(("light", "uci-mushrooms"),),
         serving_args=(
             "--clients", "4", "--requests-per-client", "5", "--max-seconds", "3", "--warmup-requests", "2",
         ),

@@ -17,6 +17,7 @@ import httpx
 import torch
 
 from service import calibration, checkpoint
+from service.devices import resolve_device
 from service.made import build
 from tests.helpers import markov_chain, take_training_steps
 
@@ -25,6 +26,11 @@ from tests.helpers import markov_chain, take_training_steps
 _BESIDE = Path(sys.executable).parent / "made"
 MADE = str(_BESIDE) if _BESIDE.exists() else (shutil.which("made") or str(_BESIDE))
 SERVE_COMMAND = [MADE, "serve"]
+# The device the test servers compute on: the one MADE_DEVICE asks for (the GPU check sets it), else auto.
+SERVER_DEVICE = str(resolve_device(os.environ.get("MADE_DEVICE", "auto")))
+# The slow model (save_slow) is slow on purpose, to make queueing, deadlines and draining observable: on
+# a GPU it would not be, so its servers compute on the CPU wherever the tests run.
+SLOW_MODEL_ENV = {"MADE_DEVICE": "cpu"}
 
 
 def save_tiny(path: Path, seed: int = 0, steps: int = 200, n_dims: int = 8, **options) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from service import checkpoint
-from tests.api.helpers import MADE
+from tests.api.helpers import MADE, SERVER_DEVICE
 from tests.helpers import all_binary, markov_chain
 
 JSON = {"content-type": "application/json"}
@@ -42,7 +42,7 @@ def test_model_listing_and_details(server):
         "fresh_masks": False,
         "mixture": False,
     }
-    assert tiny["device"] == "cpu" and tiny["training"]["seed"] == 0
+    assert tiny["device"] == SERVER_DEVICE and tiny["training"]["seed"] == 0
     assert tiny["calibration"]["n"] == 300 and tiny["calibration"]["masks"] == 2
     assert server.client.get("/v1/models/none").status_code == 404
 

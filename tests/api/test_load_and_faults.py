@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from service import checkpoint
-from tests.api.helpers import copy_version, running, save_tiny
+from tests.api.helpers import SLOW_MODEL_ENV, copy_version, running, save_tiny
 from tests.helpers import markov_chain
 
 SLOW_ROWS = np.random.default_rng(0).integers(0, 2, size=(1024, 128)).astype(float).tolist()
@@ -35,9 +35,8 @@ def slow_request(server, masks=32, timeout=None):
 
 
 def test_full_queue_answers_503_at_once_and_expired_requests_504_without_reaching_the_model(slow_repository):
-    with running(
-        slow_repository, "--max-queue-requests", "2", "--max-batch-rows", "1024", "--max-batch-delay-ms", "0"
-    ) as server:
+    flags = ["--max-queue-requests", "2", "--max-batch-rows", "1024", "--max-batch-delay-ms", "0"]
+    with running(slow_repository, *flags, env=SLOW_MODEL_ENV) as server:
         with ThreadPoolExecutor(4) as pool:
             computing = pool.submit(slow_request, server)  # A: taken by the model at once
             time.sleep(0.5)
@@ -99,9 +98,8 @@ def assert_metrics_exposed(server):
     assert server.metric("made_errors_total", model="slow") == 0
     assert server.metric("made_model_state", model="slow", state="ready") == 1
     assert server.metric("made_model_load_duration_seconds", model="slow") > 0
-    assert (
-        server.metric("made_model_info", model="slow", version="1", likelihood="bernoulli", device="cpu") == 1
-    )
+    info = dict(model="slow", version="1", likelihood="bernoulli", device="cpu")  # SLOW_MODEL_ENV
+    assert server.metric("made_model_info", **info) == 1
     if not torch.cuda.is_available():
         assert "made_device_memory_bytes{" not in text  # only reported where there is a GPU
 
@@ -182,7 +180,7 @@ def wait_for(condition, timeout=30.0):
 
 
 def test_sigterm_drains_in_flight_and_queued_requests_then_exits_0(slow_repository):
-    with running(slow_repository, "--max-batch-delay-ms", "0") as server:
+    with running(slow_repository, "--max-batch-delay-ms", "0", env=SLOW_MODEL_ENV) as server:
         with ThreadPoolExecutor(6) as pool:
             in_flight = [pool.submit(slow_request, server, 4) for _ in range(6)]  # ~0.5 s each, one at a time
             time.sleep(0.4)
@@ -238,7 +236,7 @@ def test_a_model_that_fails_to_load_is_reported_and_the_others_still_serve(tmp_p
 
 
 def test_a_slow_first_load_is_not_started_twice_by_the_watcher(slow_repository):
-    with running(slow_repository, env={"MADE_RELOAD_POLL_S": "0.01"}) as server:
+    with running(slow_repository, env={**SLOW_MODEL_ENV, "MADE_RELOAD_POLL_S": "0.01"}) as server:
         time.sleep(0.3)
         loads = server.metric("made_model_loads_total", model="slow", result="loaded")
     assert loads == 1
