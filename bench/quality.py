@@ -192,7 +192,8 @@ def plot(results: list[dict], path: Path) -> None:
         ax.axhline(one, color="grey", linestyle="--", linewidth=1, label="paper, 1 mask (test)")
         ax.axhline(best, color="black", linestyle=":", linewidth=1, label="paper, best (test)")
         ax.set_xscale("log", base=2)
-        ax.set_xticks(ks, [str(k) for k in ks])
+        step = 1 if len(ks) <= 6 else 2  # every other label where there are many, the last one labelled
+        ax.set_xticks(ks, [str(k) if (len(ks) - 1 - i) % step == 0 else "" for i, k in enumerate(ks)])
         ax.set_title(r["dataset"])
         ax.set_xlabel("masks averaged at test time")
     axes[0][0].set_ylabel("NLL (nats)")
