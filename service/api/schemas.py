@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 Rows = Annotated[
@@ -208,7 +216,7 @@ class ErrorResponse(BaseModel):
 # ---- Open Inference Protocol v2 (KServe, Triton) ---------------------------------------------------------
 class V2Tensor(BaseModel):
     name: str
-    shape: list[int]
+    shape: list[NonNegativeInt]  # a request's tensor has a concrete shape (-1 is for metadata only)
     datatype: str
     data: list[Any]
     parameters: dict[str, Any] | None = None

@@ -18,6 +18,13 @@ def npy(array) -> bytes:
     return buffer.getvalue()
 
 
+def npy_claiming(shape, data_bytes: int = 80) -> bytes:
+    """An .npy header that declares `shape` of float64, followed by only `data_bytes` bytes."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    return header.getvalue() + bytes(data_bytes)
+
+
 def rows_with(value, row=2, column=5, n=4):
     rows = [[0] * 8 for _ in range(n)]
     rows[row][column] = value
@@ -331,6 +338,20 @@ CASES = [
         "not a valid .npy array",
         {},
     ),
+    *(
+        (
+            f"npy header claiming 10^9 rows ({route})",
+            "post",
+            f"/v1/models/tiny/{route}",
+            dict(content=npy_claiming((10**9, 8)), headers={"content-type": "application/x-npy"}),
+            400,
+            "malformed_request",
+            "its header declares shape [1000000000, 8] of float64 (64000000000 bytes of data), but the body "
+            "holds 80",
+            {},
+        )
+        for route in ("log-prob", "anomaly")
+    ),
     (
         "wrong content type",
         "post",
@@ -442,3 +463,26 @@ def test_too_many_missing_patterns_are_refused(repository):
     assert answer.status_code == 422 and answer.json()["error"]["limit"] == 3
     assert "4 distinct patterns" in answer.json()["error"]["message"]
     assert fine.status_code == 200
+
+
+V2_INFER = "/v2/models/tiny/infer"
+
+
+@pytest.mark.parametrize(
+    "tensor, parameters, fragment",
+    [
+        ({"shape": [-1, -10], "data": [0] * 10}, None, "shape"),  # two unknown dimensions: was a 500
+        ({"shape": [-2, 8], "data": [0] * 16}, None, "shape"),
+        ({"shape": [1, 8], "data": [0] * 8}, {"masks": True}, "parameters.masks must be an integer"),
+        ({"shape": [1, 8], "data": [0] * 8}, {"masks": "1"}, "parameters.masks must be an integer"),
+    ],
+    ids=["shape [-1, -10]", "negative dimension", "masks true", "masks as a string"],
+)
+def test_bad_v2_infer_requests_get_the_protocols_4xx(server, tensor, parameters, fragment):
+    body = {"inputs": [{"name": "input", "datatype": "FP32", **tensor}]}
+    if parameters is not None:
+        body["parameters"] = parameters
+    answer = server.client.post(V2_INFER, json=body)
+    assert 400 <= answer.status_code < 500, answer.text
+    error = answer.json()["error"]
+    assert isinstance(error, str) and fragment in error, error  # the Open Inference Protocol's error body

@@ -95,7 +95,7 @@ async def infer(name: str, request: Request, engine: EngineDep, deadline: Deadli
         if output.name != "log_prob":
             raise InvalidInput(f"unknown output {output.name!r}; this model has 'log_prob'")
     masks = (infer_request.parameters or {}).get("masks")
-    if masks is not None and not isinstance(masks, int):
+    if masks is not None and (isinstance(masks, bool) or not isinstance(masks, int)):  # JSON true is no int
         raise InvalidInput("parameters.masks must be an integer")
     result = await engine.log_prob(name, values.reshape(tensor.shape), masks, False, deadline)
     return codecs.json_response(
