@@ -75,6 +75,12 @@ def _signature(path: Path) -> tuple:
     return tuple(stats)
 
 
+def is_model_name(name: str) -> bool:
+    """A model is a directory directly inside the repository, so its name is one path component: never
+    "..", ".", empty, or anything holding a separator (a name from a URL must not leave the repository)."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\x00")
+
+
 class ModelRegistry:
     def __init__(self, settings: Settings, device: torch.device, loader: Executor):
         self.settings = settings
@@ -85,7 +91,10 @@ class ModelRegistry:
 
     # ---- the repository ----------------------------------------------------------------------------
     def versions(self, name: str) -> list[int]:
-        """Complete versions of a model (a directory named by an integer, holding a config.json)."""
+        """Complete versions of a model (a directory named by an integer, holding a config.json); none for
+        a name that is not a directory inside the repository. Every path to a model is built from these."""
+        if not is_model_name(name):
+            return []
         directory = self.root / name
         if not directory.is_dir():
             return []
@@ -103,6 +112,8 @@ class ModelRegistry:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
 
     def target_version(self, name: str) -> int | None:
+        if not is_model_name(name):
+            return None
         pinned = self.settings.model_versions.get(name)
         if pinned is not None:
             return pinned

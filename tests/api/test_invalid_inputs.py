@@ -4,9 +4,13 @@ goes on serving everyone else."""
 from __future__ import annotations
 
 import io
+import shutil
+import time
 
 import numpy as np
 import pytest
+
+from tests.api.helpers import running, save_tiny
 
 GOOD = [[0, 1, 1, 0, 0, 1, 1, 0]]
 JSON = {"content-type": "application/json"}
@@ -486,3 +490,20 @@ def test_bad_v2_infer_requests_get_the_protocols_4xx(server, tensor, parameters,
     assert 400 <= answer.status_code < 500, answer.text
     error = answer.json()["error"]
     assert isinstance(error, str) and fragment in error, error  # the Open Inference Protocol's error body
+
+
+@pytest.mark.parametrize("name", ["%2E%2E", "%2E", "..%2F..", "%2E%2E%5C%2E%2E"])
+def test_a_model_name_never_leaves_the_repository(tmp_path, name):
+    # A complete model version right outside the repository: <repository>/../1 (and <repository>/1).
+    repository = tmp_path / "models"
+    save_tiny(repository / "tiny" / "1")
+    shutil.copytree(repository / "tiny" / "1", tmp_path / "1")
+    shutil.copytree(repository / "tiny" / "1", repository / "1")
+    with running(repository, env={"MADE_ADMIN_TOKEN": "t"}) as server:
+        answer = server.client.post(f"/v1/models/{name}/reload", headers={"authorization": "Bearer t"})
+        assert answer.status_code == 404, answer.text  # was 202, then served <repository>/.. as model ".."
+        # no such model, or (with a decoded "/") no such route
+        assert answer.json()["error"]["code"] in ("model_not_found", "not_found")
+        time.sleep(0.3)  # a background load, had one started, would show by now
+        assert [m["name"] for m in server.client.get("/v1/models").json()["models"]] == ["tiny"]
+        assert server.client.get("/readyz").status_code == 200
