@@ -19,7 +19,14 @@ PNG = "image/png"
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) one over `limit` bytes whether or not it declares its length."""
+    """The body, refusing (413) one over `limit` bytes whether or not it declares its length, and (415) one
+    with a Content-Encoding: bodies are read as sent, never decompressed."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not accepted: send the body uncompressed",
+            headers={"Accept-Encoding": "identity"},  # RFC 7694
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(

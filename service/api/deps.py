@@ -50,9 +50,11 @@ async def require_admin(request: Request, engine: EngineDep) -> None:
     token = engine.settings.admin_token
     if token is None:
         return
-    given = request.headers.get("authorization", "")
-    expected = f"Bearer {token.get_secret_value()}"
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    # "Bearer" is an auth scheme, and schemes are case-insensitive (RFC 7235 section 2.1); the token is not.
+    scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.get_secret_value().encode()
+    ):
         raise Unauthorized(
             "this admin route needs 'Authorization: Bearer <admin token>'",
             headers={"WWW-Authenticate": "Bearer"},

@@ -3,6 +3,7 @@ goes on serving everyone else."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import shutil
 import time
@@ -367,6 +368,19 @@ CASES = [
         {},
     ),
     (
+        "compressed body",
+        "post",
+        "/v1/models/tiny/log-prob",
+        dict(
+            content=gzip.compress(b'{"inputs": [[0, 1, 1, 0, 0, 1, 1, 0]]}'),
+            headers={**JSON, "content-encoding": "gzip"},
+        ),
+        415,
+        "unsupported_media_type",
+        "Content-Encoding 'gzip' is not accepted",
+        {},
+    ),
+    (
         "unacceptable answer",
         "post",
         "/v1/models/tiny/log-prob",
@@ -507,3 +521,12 @@ def test_a_model_name_never_leaves_the_repository(tmp_path, name):
         time.sleep(0.3)  # a background load, had one started, would show by now
         assert [m["name"] for m in server.client.get("/v1/models").json()["models"]] == ["tiny"]
         assert server.client.get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("authorization", ["bearer s3cret", "BEARER s3cret", "Bearer  s3cret"])
+def test_the_bearer_scheme_is_case_insensitive_and_the_token_is_not(server, authorization):
+    def reload(header: str) -> int:
+        return server.client.post("/v1/models/tiny/reload", headers={"authorization": header}).status_code
+
+    assert reload(authorization) == 202
+    assert reload(authorization.replace("s3cret", "S3CRET")) == 401
