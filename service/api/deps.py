@@ -61,11 +61,15 @@ async def require_admin(request: Request, engine: EngineDep) -> None:
         )
 
 
-def validate_options(model: type[BaseModel], values: dict, settings: Settings | None = None):
+def validate_options(
+    model: type[BaseModel], values: dict, settings: Settings | None = None, *, strict: bool = True
+):
     """The options, validated by their schema; `settings` (the validation context) for limits that are
-    server settings, such as max_sample_n."""
+    server settings, such as max_sample_n. From JSON they are strict, as documented: `"masks": "1"` or
+    `"per_dimension": "yes"` is refused, not coerced. A query string has only text, so it is not
+    (`strict=False`: `?masks=1&per_dimension=true`)."""
     try:
-        return model.model_validate(values, context=settings)
+        return model.model_validate(values, context=settings, strict=strict)
     except ValidationError as exc:
         err = exc.errors()[0]
         # pydantic puts the member of a union into the location ("observed.Observed.indices.0"): drop it
@@ -82,7 +86,8 @@ async def read_rows_and_options(request: Request, engine: Engine, options_model:
     kind = codecs.require_content_type(request, codecs.JSON, codecs.NPY)
     body = await codecs.read_body(request, engine.settings.max_body_bytes)
     if kind == codecs.NPY:
-        return validate_options(options_model, dict(request.query_params)), codecs.rows_from_npy(body)
+        options = validate_options(options_model, dict(request.query_params), strict=False)
+        return options, codecs.rows_from_npy(body)
     obj = codecs.parse_json(body)
     if "inputs" not in obj:
         raise InvalidInput("the body needs 'inputs': a list of rows", field="inputs")

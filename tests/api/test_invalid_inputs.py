@@ -368,6 +368,36 @@ CASES = [
         {},
     ),
     (
+        "masks as a string in JSON",
+        "post",
+        "/v1/models/tiny/log-prob",
+        dict(json={"inputs": GOOD, "masks": "1"}),
+        422,
+        "invalid_input",
+        "masks: Input should be a valid integer",
+        {"field": "masks"},
+    ),
+    (
+        "per_dimension as a word in JSON",
+        "post",
+        "/v1/models/tiny/log-prob",
+        dict(json={"inputs": GOOD, "masks": 1, "per_dimension": "yes"}),
+        422,
+        "invalid_input",
+        "per_dimension: Input should be a valid boolean",
+        {"field": "per_dimension"},
+    ),
+    (
+        "sample n as a string",
+        "post",
+        "/v1/models/tiny/sample",
+        dict(json={"n": "3"}),
+        422,
+        "invalid_input",
+        "n: Input should be a valid integer",
+        {"field": "n"},
+    ),
+    (
         "compressed body",
         "post",
         "/v1/models/tiny/log-prob",
@@ -530,3 +560,14 @@ def test_the_bearer_scheme_is_case_insensitive_and_the_token_is_not(server, auth
 
     assert reload(authorization) == 202
     assert reload(authorization.replace("s3cret", "S3CRET")) == 401
+
+
+def test_query_string_options_are_text_and_still_read(server):
+    # Options of an .npy body travel in the query string, where "1" and "true" are the only spellings.
+    answer = server.client.post(
+        "/v1/models/tiny/log-prob?masks=1&per_dimension=true",
+        content=npy(np.asarray(GOOD, dtype=np.float32)),
+        headers={"content-type": "application/x-npy"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["masks"] == 1 and len(answer.json()["per_dimension"][0]) == 8
