@@ -37,4 +37,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health.router, models.router, inference.router, kserve.router):
         app.include_router(router)
     app.add_middleware(RequestTracking, access_log=settings.access_log)
+    _hoist_body_schema_definitions(app)
     return app
+
+
+def _hoist_body_schema_definitions(app: FastAPI) -> None:
+    """Routes that read their own bodies document them with pydantic's schema (deps.body_docs), whose
+    nested models sit in a local "$defs" while its $refs point at #/components/schemas: move them there,
+    so every $ref of /openapi.json resolves (tools build `sample` and `infer` bodies from them)."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    for media in operation.get("requestBody", {}).get("content", {}).values():
+                        for name, definition in media.get("schema", {}).pop("$defs", {}).items():
+                            components.setdefault(name, definition)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi

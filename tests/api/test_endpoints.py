@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -201,6 +203,11 @@ def test_openapi_and_docs(server):
     body = spec["paths"]["/v1/models/{name}/log-prob"]["post"]["requestBody"]["content"]
     assert "application/json" in body and "application/x-npy" in body
     assert server.client.get("/docs").status_code == 200
+    # Every $ref resolves (Observed and V2RequestedOutput dangled: tools could not build sample or infer).
+    refs = set(re.findall(r'"\$ref":\s*"#/components/schemas/([^"]+)"', json.dumps(spec)))
+    assert {"Observed", "V2RequestedOutput"} <= refs
+    assert refs <= set(spec["components"]["schemas"]), refs - set(spec["components"]["schemas"])
+    assert '"$defs"' not in json.dumps(spec)
 
 
 def test_kserve_v2(server, repository):
