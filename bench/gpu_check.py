@@ -152,27 +152,34 @@ class Check:
         output). Its output is appended to logs/<log_name>.log."""
         timeout = max(1.0, self.remaining() if timeout is None else min(timeout, self.remaining()))
         log(f"$ {shlex.join(argv)}  (at most {timeout:.0f} s)")
-        log_path = self.logs / f"{log_name}.log"
-        with open(log_path, "a") as log_file:
-            log_file.write(f"\n$ {shlex.join(argv)}\n")
-            log_file.flush()
-            process = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env={**self.env, **(env or {})},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,  # so a timeout stops its children (servers) too
-            )
-            try:
-                output, _ = process.communicate(timeout=timeout)
-                status: int | None = process.returncode
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, 9)
-                output, _ = process.communicate()
-                status = None
-            log_file.write(output)
+        return self.finish(log_name, argv, self.start(argv, env=env), timeout)
+
+    def start(self, argv: list[str], *, env: dict | None = None) -> subprocess.Popen:
+        """argv started from the repository root, its output (stdout and stderr) kept for `finish`."""
+        return subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # so a timeout stops its children (servers) too
+        )
+
+    def finish(
+        self, log_name: str, argv: list[str], process: subprocess.Popen, timeout: float
+    ) -> tuple[int | None, str]:
+        """Wait for a started process at most `timeout` seconds (then stop it and its children); append
+        its command and output to logs/<log_name>.log; returns (exit status or None, output)."""
+        try:
+            output, _ = process.communicate(timeout=timeout)
+            status: int | None = process.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            output, _ = process.communicate()
+            status = None
+        with open(self.logs / f"{log_name}.log", "a") as log_file:
+            log_file.write(f"\n$ {shlex.join(argv)}\n{output}")
             log_file.write(f"\n[exit status: {'timed out' if status is None else status}]\n")
         return status, output
 
@@ -313,7 +320,7 @@ def step_sampling(check: Check) -> Outcome:
         [sys.executable, "bench/sampling.py", "--device", check.args.device, *check.scale.sampling_args],
     )
     table = markdown_tables(output)
-    rows = [r for r in table[2:]]
+    rows = table[2:]
     identical = sum(1 for r in rows if r.rstrip(" |").endswith("yes"))
     result = f"{len(rows)} configurations; fast and reference samplers identical in {identical}"
     if code != 0:
@@ -384,35 +391,25 @@ def step_training(check: Check) -> Outcome:
     members = [work / f"member-{seed}" for seed in range(scale.members)]
     # Side by side: one member alone keeps neither a GPU nor 16 cores busy at 100 rows a step.
     threads = str(max(1, (os.cpu_count() or 2) // scale.members))
-    processes = []
+    started = []
     for seed, out in enumerate(members):
         argv = [
             "made", "train", "--data", str(data), "--out", str(out), *scale.member_args, "--seed", str(seed),
             "--max-seconds", str(scale.member_seconds), "--device", check.args.device, "--no-progress",
         ]  # fmt: skip
         log(f"$ {shlex.join(argv)}")
-        log_file = open(check.logs / f"5-training-member-{seed}.log", "w")  # noqa: SIM115 (closed below)
-        log_file.write(f"$ {shlex.join(argv)}\n")
-        log_file.flush()
-        env = {**check.env, "OMP_NUM_THREADS": threads}
-        processes.append(
-            (subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log_file, text=True),
-             log_file)
-        )  # fmt: skip
+        started.append((argv, check.start(argv, env={"OMP_NUM_THREADS": threads})))
     member_results, failures = [], []
-    for seed, (process, log_file) in enumerate(processes):
-        try:
-            output, _ = process.communicate(timeout=max(1.0, check.remaining() - 30))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
+    for seed, (argv, process) in enumerate(started):
+        # what is left of the budget, less the time merging, evaluating and packing need
+        timeout = max(1.0, check.remaining() - 30)
+        code, output = check.finish(f"5-training-member-{seed}", argv, process, timeout)
+        if code is None:
             failures.append(f"member {seed} ran out of time")
-        log_file.write(output)
-        log_file.close()
-        if process.returncode == 0:
+        elif code != 0:
+            failures.append(f"member {seed} exited with {code}")
+        else:
             member_results.append(last_json(output))
-        elif not failures or not failures[-1].startswith(f"member {seed}"):
-            failures.append(f"member {seed} exited with {process.returncode}")
     if failures:
         return Outcome("failed", "; ".join(failures), ["See logs/5-training-member-*.log."])
 
@@ -481,16 +478,14 @@ STEPS: list[tuple[str, Callable[[Check], Outcome]]] = [
 
 # ---- the run -----------------------------------------------------------------------------------------
 def install_bundle(bundle: str, site: str) -> None:
-    """The wheels the machine lacks (bench/gpu_bundle.sh fetch), unpacked into site."""
-    wheels = sorted(str(p) for p in (Path(bundle) / "wheels").glob("*.whl"))
-    if not wheels:
-        sys.exit(f"no wheels in {bundle}/wheels: run `make gpu-bundle` on a machine with the registry")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
-         "--no-cache-dir", "--upgrade", "--target", site, *wheels],
-        check=True,
-    )  # fmt: skip
-    log(f"installed {len(wheels)} wheels from {bundle} into {site}")
+    """The wheels the machine lacks (bench/gpu_bundle.sh fetch), unpacked into site by that script's
+    `install`, with this Python."""
+    installed = subprocess.run(
+        [str(ROOT / "bench" / "gpu_bundle.sh"), "install", bundle, site],
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    if installed.returncode != 0:  # the script said why
+        sys.exit(f"could not install the wheels of {bundle} into {site}")
 
 
 def git_commit() -> str:
@@ -519,7 +514,7 @@ def summary(check: Check, rows: list[tuple[str, Outcome, float, float]], started
         "|---|---|---|---|---|",
         *(
             f"| {name} | {outcome.status} | {seconds:.0f} | {budget:.0f} | {outcome.result} |"
-            for name, outcome, seconds, budget in [(n, o, s, b) for n, o, s, b in rows]
+            for name, outcome, seconds, budget in rows
         ),
         "",
     ]
