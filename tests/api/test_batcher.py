@@ -204,26 +204,7 @@ def test_batchers_of_one_model_and_operation_share_one_queue_bound():
 
     async def main():
         budget = QueueBudget(2)
-        a = Batcher(
-            "m",
-            "op",
-            compute,
-            ThreadPoolExecutor(1),
-            max_batch_rows=64,
-            max_delay_s=0.0,
-            max_queue_requests=2,
-            budget=budget,
-        )
-        b = Batcher(
-            "m",
-            "op",
-            compute,
-            ThreadPoolExecutor(1),
-            max_batch_rows=64,
-            max_delay_s=0.0,
-            max_queue_requests=2,
-            budget=budget,
-        )
+        a, b = (make(compute, max_delay_s=0.0, max_queue_requests=2, budget=budget) for _ in range(2))
         a.start()
         b.start()
         deadline = asyncio.get_running_loop().time() + 5
