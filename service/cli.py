@@ -71,6 +71,9 @@ SERVE_FLAGS = (
     "max_batch_delay_ms",
     "max_queue_requests",
     "request_timeout_s",
+    "read_timeout_s",
+    "keep_alive_s",
+    "max_header_bytes",
 )
 
 

@@ -64,6 +64,17 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
         128 * 1024 * 1024, description="request body size (413)"
     )
+    max_header_bytes: Annotated[int, Field(ge=1024)] = Field(
+        64 * 1024, description="request line and headers of one request (431, connection closed)"
+    )
+    read_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        15.0,
+        description="a request's head must arrive within this time of its first byte (or of the connection "
+        "opening), and its body may pause no longer than this between reads (408, connection closed)",
+    )
+    keep_alive_s: Annotated[float, Field(gt=0)] = Field(
+        5.0, description="an idle keep-alive connection is closed after this time"
+    )
     max_missing_patterns: Annotated[int, Field(ge=1)] = Field(
         64, description="distinct patterns of missing values in one request (each costs a pass per mask)"
     )

@@ -8,10 +8,17 @@ import math
 import numpy as np
 import orjson
 from PIL import Image
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from .errors import InvalidInput, MalformedRequest, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
+from .errors import (
+    ClientDisconnected,
+    InvalidInput,
+    MalformedRequest,
+    NotAcceptable,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 
 JSON = "application/json"
 NPY = "application/x-npy"
@@ -33,11 +40,14 @@ async def read_body(request: Request, limit: int) -> bytes:
             f"request body of {int(declared)} bytes is over the limit of {limit} bytes", limit=limit
         )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes", limit=limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes", limit=limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientDisconnected(f"the client disconnected after {size} bytes of its body") from None
     return b"".join(chunks)
 
 

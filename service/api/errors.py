@@ -58,6 +58,32 @@ class Unauthorized(APIError):
     server_fault, answers_http_status = False, True
 
 
+class RequestTimeout(APIError):
+    """408: the request's body paused longer than read_timeout_s (or its head took longer); the connection
+    is closed."""
+
+    status, code = 408, "request_timeout"
+    server_fault = False
+
+    def __init__(self, message: str):
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class HeaderTooLarge(APIError):
+    """431: the request line and headers are over max_header_bytes; the connection is closed."""
+
+    status, code = 431, "header_too_large"
+    server_fault = False
+
+
+class ClientDisconnected(APIError):
+    """499 (nginx's code; no answer reaches the client): the client went away before its request was
+    read. Its own reason, never a server error."""
+
+    status, code = 499, "client_disconnected"
+    server_fault = False
+
+
 class ModelNotFound(APIError):
     """404: no such model in the repository."""
 

@@ -7,11 +7,12 @@ and the model label is a served model's name or "" (unknown names cannot grow th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from . import metrics
-from .errors import APIError, ShuttingDown, error_response
+from .errors import APIError, RequestTimeout, ShuttingDown, error_response
 
 log = logging.getLogger("made.access")
 errors_log = logging.getLogger("made.api")
@@ -51,6 +52,7 @@ class RequestTracking:
             await send(message)
 
         if engine is not None:
+            receive = _read_timeout(receive, engine.settings.read_timeout_s)
             engine.in_flight += 1
         metrics.REQUESTS_IN_FLIGHT.inc()
         try:
@@ -85,3 +87,25 @@ class RequestTracking:
                         "seconds": round(elapsed, 6),
                     },
                 )
+
+
+def _read_timeout(receive, seconds: float):
+    """`receive` that raises RequestTimeout (408, connection closed) when the body pauses over `seconds`:
+    a stalled upload must not hold its connection, a compute slot or the drain on SIGTERM. Once the body
+    is complete, receive only waits for a disconnect, which may take as long as the response does."""
+    body_complete = False
+
+    async def timed_receive():
+        nonlocal body_complete
+        if body_complete:
+            return await receive()
+        try:
+            async with asyncio.timeout(seconds):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout(f"request body paused for more than {seconds} s") from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            body_complete = True
+        return message
+
+    return timed_receive

@@ -17,6 +17,7 @@ import uvicorn
 
 from ..settings import Settings
 from .app import create_app
+from .protocol import protocol_factory
 
 log = logging.getLogger("made.server")
 
@@ -66,6 +67,8 @@ def serve(settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
         server_header=False,
+        http=protocol_factory(settings.read_timeout_s, settings.max_header_bytes),
+        timeout_keep_alive=settings.keep_alive_s,
     )
     if settings.workers > 1:
         # Each worker is its own process with its own models and batchers; metrics are aggregated through

@@ -1,0 +1,116 @@
+"""The HTTP/1.1 connection: uvicorn's httptools protocol with the limits it lacks on reading a request head.
+
+uvicorn times out idle keep-alive connections, but not a client that connects and then sends its request
+line and headers slowly (or never), and httptools puts no bound on the size of a head. Either lets one
+client hold a connection, and memory, for as long as it likes. Here:
+
+- a request head must arrive completely within `read_timeout_s` of its first byte (or of the connection
+  opening): otherwise 408 and the connection is closed;
+- a head over `max_header_bytes` (request line and headers) gets 431 and the connection is closed.
+
+A body that stalls is the application's to time out (middleware.RequestTracking), so it is answered with
+the service's own JSON error and counted in its metrics. Both answers here come before any route exists,
+so they are counted by the same metric (`made_rejections_total`, model "").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from . import metrics
+from .errors import APIError, HeaderTooLarge, RequestTimeout
+
+REASONS = {RequestTimeout: b"Request Timeout", HeaderTooLarge: b"Request Header Fields Too Large"}
+
+
+def _raw_error(error: type[APIError], message: str) -> bytes:
+    """A complete HTTP/1.1 error response in the service's error shape; the connection closes after it."""
+    body = orjson.dumps({"error": {"code": error.code, "message": message}})
+    return b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n" % (error.status, REASONS[error]),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    def __init__(self, *args, read_timeout_s: float, max_header_bytes: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read_timeout_s = read_timeout_s
+        self.max_header_bytes = max_header_bytes
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.head_bytes = 0  # bytes of the request head read so far (while one is arriving)
+        self.head_tail = b""  # the last bytes of the head so far: its end may straddle two reads
+
+    def _awaiting_head(self) -> bool:
+        """No request, or the last one answered: whatever arrives now is the start of the next head."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm(self) -> None:
+        if self.head_timer is None:
+            self.head_timer = self.loop.call_later(self.read_timeout_s, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        self.head_bytes = 0
+        self.head_tail = b""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()  # a connection that opens and sends nothing is closed too
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._awaiting_head():
+            # the keep-alive timer stops once bytes arrive; from here the head has read_timeout_s
+            self._arm()
+            # only the head's bytes count: a body may follow it in the same read
+            window = self.head_tail + data
+            end = window.find(b"\r\n\r\n")
+            self.head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self.head_tail))
+            self.head_tail = window[-3:]
+            if self.head_bytes > self.max_header_bytes:
+                self._refuse(HeaderTooLarge, f"request head over {self.max_header_bytes} bytes")
+                return
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        # Bytes of a pipelined next request may follow in the same chunk; they start their own count when
+        # this request has been answered (httptools hands them over only then).
+        self._disarm()
+        super().on_headers_complete()
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.transport.is_closing() or not self._awaiting_head():
+            return
+        if self.head_bytes:
+            self._refuse(RequestTimeout, f"request head not received within {self.read_timeout_s} s")
+        else:
+            self.transport.close()  # nothing was asked: nothing to answer
+
+    def _refuse(self, error: type[APIError], message: str) -> None:
+        self._disarm()
+        metrics.REJECTIONS.labels(model="", reason=error.code).inc()
+        self.transport.write(_raw_error(error, message))
+        self.transport.close()
+
+
+def protocol_factory(read_timeout_s: float, max_header_bytes: int):
+    """The `http=` of uvicorn's Config (a partial of a module-level class: it pickles to worker processes)."""
+    return functools.partial(
+        GuardedHttpProtocol, read_timeout_s=read_timeout_s, max_header_bytes=max_header_bytes
+    )
