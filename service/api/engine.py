@@ -124,10 +124,18 @@ class Engine:
 
     # ---- operations ----------------------------------------------------------------------------------------
     async def log_prob(
-        self, name: str, rows: np.ndarray, masks: int | None, per_dimension: bool, deadline: float
+        self,
+        name: str,
+        rows: np.ndarray,
+        masks: int | None,
+        per_dimension: bool,
+        deadline: float,
+        version: str | None = None,
     ) -> LogProbResult:
-        """log p(x) per row (null/NaN entries marginalised out), and per dimension if asked for."""
-        return await self._log_prob(self.registry.get(name), rows, masks, per_dimension, deadline)
+        """log p(x) per row (null/NaN entries marginalised out), and per dimension if asked for; from
+        `version` of the model if one is named (404 unless it is the one serving)."""
+        served = self.registry.get(name, version)
+        return await self._log_prob(served, rows, masks, per_dimension, deadline)
 
     async def _log_prob(
         self, served: ServedModel, rows: np.ndarray, masks: int | None, per_dimension: bool, deadline: float

@@ -216,6 +216,13 @@ def responses(*errors: type[APIError]) -> dict[int, dict]:
     }
 
 
+def v2_responses(*errors: type[APIError]) -> dict[int, dict]:
+    """responses() for the /v2 routes, whose error body is the protocol's {"error": "<message>"}."""
+    from .schemas import V2ErrorResponse
+
+    return {status: entry | {"model": V2ErrorResponse} for status, entry in responses(*errors).items()}
+
+
 def count(request: Request, code: str) -> None:
     """Every error answer is counted once: a model's fault under made_errors_total, a refused request
     under made_rejections_total, by reason (the error code)."""

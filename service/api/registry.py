@@ -121,14 +121,28 @@ class ModelRegistry:
         return versions[-1] if versions else None
 
     # ---- lookups -------------------------------------------------------------------------------------
-    def get(self, name: str) -> ServedModel:
-        entry = self.entries.get(name)
-        if entry is None:
-            raise ModelNotFound(f"no model named {name!r}; GET /v1/models lists the models served")
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The version of `name` serving now: one snapshot, taken once per request. A request for a
+        particular version (the Open Inference Protocol's versioned routes) gets it only if it is that one."""
+        entry = self.entry(name)
         if entry.current is None:
             detail = f": {entry.last_error}" if entry.last_error else " (still loading)"
             raise ModelNotReady(f"model {name!r} is not ready{detail}", headers={"Retry-After": "5"})
+        if version is not None and not self._is(entry.current, version):
+            raise ModelNotFound(
+                f"version {version!r} of model {name!r} is not served; "
+                f"it serves version {entry.current.version}"
+            )
         return entry.current
+
+    def serves(self, name: str, version: str | None = None) -> bool:
+        """Whether `name` (404 if unknown) has a version serving, and it is `version` if one is named."""
+        current = self.entry(name).current
+        return current is not None and (version is None or self._is(current, version))
+
+    @staticmethod
+    def _is(served: ServedModel, version: str) -> bool:
+        return version.isdigit() and int(version) == served.version
 
     def entry(self, name: str) -> ModelEntry:
         if name not in self.entries:

@@ -214,11 +214,15 @@ class ErrorResponse(BaseModel):
 
 
 # ---- Open Inference Protocol v2 (KServe, Triton) ---------------------------------------------------------
+class V2ErrorResponse(BaseModel):
+    error: str = Field(description="what is wrong (the Open Inference Protocol's error body)")
+
+
 class V2Tensor(BaseModel):
     name: str
     shape: list[NonNegativeInt]  # a request's tensor has a concrete shape (-1 is for metadata only)
     datatype: str
-    data: list[Any]
+    data: list[Any] | None = None  # absent when the tensor's bytes follow the JSON (binary_data_size)
     parameters: dict[str, Any] | None = None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import shutil
 import time
 
@@ -534,6 +535,97 @@ def test_bad_v2_infer_requests_get_the_protocols_4xx(server, tensor, parameters,
     assert 400 <= answer.status_code < 500, answer.text
     error = answer.json()["error"]
     assert isinstance(error, str) and fragment in error, error  # the Open Inference Protocol's error body
+
+
+def binary_infer(header: dict, data: bytes, header_length: int | None = None) -> tuple[bytes, dict]:
+    json_part = json.dumps(header).encode()
+    length = len(json_part) if header_length is None else header_length
+    return json_part + data, {"Inference-Header-Content-Length": str(length)}
+
+
+BINARY_INPUT = {"name": "input", "datatype": "FP32", "shape": [2, 8]}
+
+
+@pytest.mark.parametrize(
+    "body_and_headers, fragment",
+    [
+        (
+            binary_infer({"inputs": [{**BINARY_INPUT, "parameters": {"binary_data_size": 64}}]}, b"\0" * 8),
+            "8 bytes",
+        ),
+        (
+            binary_infer({"inputs": [{**BINARY_INPUT, "parameters": {"binary_data_size": 60}}]}, b"\0" * 60),
+            "64",
+        ),
+        (
+            binary_infer(
+                {"inputs": [{**BINARY_INPUT, "shape": [10**12, 8], "parameters": {"binary_data_size": 64}}]},
+                b"\0" * 64,
+            ),
+            "does not match",
+        ),
+        (binary_infer({"inputs": [{**BINARY_INPUT, "data": [0] * 16}]}, b"\0" * 64), "no input has them"),
+        (
+            binary_infer({"inputs": [BINARY_INPUT]}, b"\0" * 64, header_length=10**9),
+            "Inference-Header-Content-Length",
+        ),
+        (binary_infer({"inputs": [BINARY_INPUT]}, b"", header_length=-1), "Inference-Header-Content-Length"),
+        (
+            binary_infer(
+                {"inputs": [{**BINARY_INPUT, "parameters": {"binary_data_size": True}}]}, b"\0" * 64
+            ),
+            "binary_data_size must be an integer",
+        ),
+        (
+            binary_infer(
+                {
+                    "inputs": [{**BINARY_INPUT, "parameters": {"binary_data_size": 64}}],
+                    "parameters": {"binary_data_output": 1},
+                },
+                b"\0" * 64,
+            ),
+            "binary_data_output must be true or false",
+        ),
+        (
+            binary_infer(
+                {
+                    "inputs": [{**BINARY_INPUT, "data": [0] * 16}],
+                    "outputs": [{"name": "log_prob", "parameters": {"class_count": 2}}],
+                },
+                b"",
+            ),
+            "not supported",
+        ),
+    ],
+    ids=[
+        "data shorter than declared",
+        "declared size wrong for the shape",
+        "huge shape, small data",
+        "binary data nobody declared",
+        "header length beyond the body",
+        "negative header length",
+        "binary_data_size true",
+        "binary_data_output not a bool",
+        "classification output",
+    ],
+)
+def test_bad_binary_v2_requests_get_the_protocols_4xx(server, body_and_headers, fragment):
+    body, headers = body_and_headers
+    answer = server.client.post(
+        V2_INFER, content=body, headers=headers | {"content-type": "application/octet-stream"}
+    )
+    assert 400 <= answer.status_code < 500, answer.text
+    assert fragment in answer.json()["error"], answer.json()
+
+
+def test_a_version_that_is_not_served_is_404_on_every_versioned_route(server):
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [0] * 8}]}
+    for version in ("2", "0", "x", "01x"):
+        assert server.client.get(f"/v2/models/tiny/versions/{version}").status_code == 404
+        assert server.client.post(f"/v2/models/tiny/versions/{version}/infer", json=body).status_code == 404
+        assert server.client.get(f"/v2/models/tiny/versions/{version}/ready").status_code == 503
+    assert server.client.post("/v2/models/tiny/versions/1/infer", json=body).status_code == 200
+    assert server.client.get("/v2/models/nothing/versions/1/ready").status_code == 404
 
 
 @pytest.mark.parametrize("name", ["%2E%2E", "%2E", "..%2F..", "%2E%2E%5C%2E%2E"])

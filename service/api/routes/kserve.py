@@ -1,44 +1,71 @@
-"""The Open Inference Protocol (KServe v2 / Triton) on the same server: health, metadata and infer.
+"""The Open Inference Protocol (KServe v2 / Triton) on the same server: health, metadata and infer, each
+model route also under /versions/{version}.
 
-Infer takes one input tensor of shape [N, D] (any numeric datatype, data flat or nested) and returns the
-output `log_prob` (FP64, [N]); `parameters.masks` picks the ensemble size. Errors use the protocol's
-shape, {"error": "..."}.
+Infer takes one input tensor of shape [N, D] (any numeric datatype; data flat, nested, or binary under the
+binary tensor data extension) and returns the output `log_prob` (FP64, [N]); `parameters.masks` picks the
+ensemble size, `parameters.timeout` (microseconds) lowers the deadline. Each model serves one version: a
+versioned route for another version answers 404. Errors use the protocol's shape, {"error": "..."}.
 """
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ... import __version__
-from .. import codecs
-from ..deps import DeadlineDep, EngineDep, body_docs, validate_options
-from ..errors import InvalidInput
+from .. import codecs, v2_codec
+from ..deps import DeadlineDep, EngineDep, body_docs
+from ..engine import Engine
+from ..errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    MalformedRequest,
+    ModelNotFound,
+    ModelNotReady,
+    PayloadTooLarge,
+    QueueFull,
+    UnsupportedMediaType,
+    v2_responses,
+)
 from ..schemas import V2InferRequest, V2InferResponse, V2ModelMetadata
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
-NUMERIC = {
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
+EXTENSIONS = ["binary_tensor_data"]
+MODEL_ERRORS = (ModelNotFound,)
+INFER_ERRORS = (
+    MalformedRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    InvalidInput,
+    ModelNotReady,
+    QueueFull,
+    DeadlineExceeded,
+)
+INFER_DOCS = body_docs(V2InferRequest)
+INFER_DOCS["requestBody"]["content"][v2_codec.OCTET_STREAM] = {
+    "schema": {
+        "type": "string",
+        "format": "binary",
+        "description": "binary tensor data extension: a JSON infer request of "
+        "Inference-Header-Content-Length bytes, then the raw little-endian bytes of each input "
+        "that declares parameters.binary_data_size",
+    }
 }
+INFER_DOCS["parameters"] = [
+    {
+        "name": "Inference-Header-Content-Length",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "binary tensor data extension: the length of the JSON part of the body",
+    }
+]
 
 
 @router.get("")
 async def server_metadata() -> dict:
-    return {"name": "made-service", "version": __version__, "extensions": []}
+    return {"name": "made-service", "version": __version__, "extensions": EXTENSIONS}
 
 
 @router.get("/health/live")
@@ -46,71 +73,83 @@ async def live() -> dict:
     return {"live": True}
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", responses=v2_responses(ModelNotReady))
 async def ready(engine: EngineDep) -> Response:
     return codecs.json_response({"ready": engine.ready}, status=200 if engine.ready else 503)
 
 
-@router.get("/models/{name}", response_model=V2ModelMetadata)
-async def model_metadata(name: str, engine: EngineDep) -> V2ModelMetadata:
-    served = engine.registry.get(name)
+def _metadata(engine: Engine, name: str, version: str | None) -> V2ModelMetadata:
+    served = engine.registry.get(name, version)
     return V2ModelMetadata(
         name=name,
-        versions=[str(v) for v in engine.registry.versions(name)],
+        versions=[str(v) for v in engine.registry.versions(name)] if version is None else [version],
         platform="pytorch_made",
         inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, served.config.n_dims]}],
         outputs=[{"name": "log_prob", "datatype": "FP64", "shape": [-1]}],
     )
 
 
-@router.get("/models/{name}/ready")
-async def model_ready(name: str, engine: EngineDep) -> Response:
-    entry = engine.registry.entry(name)
-    is_ready = entry.current is not None and not engine.draining
+def _ready(engine: Engine, name: str, version: str | None) -> Response:
+    is_ready = engine.registry.serves(name, version) and not engine.draining
     return codecs.json_response({"name": name, "ready": is_ready}, status=200 if is_ready else 503)
 
 
-@router.post("/models/{name}/infer", response_model=V2InferResponse, openapi_extra=body_docs(V2InferRequest))
+async def _infer(
+    engine: Engine, request: Request, name: str, version: str | None, deadline: float
+) -> Response:
+    header_length = request.headers.get(v2_codec.HEADER_LENGTH)
+    allowed = (codecs.JSON, v2_codec.OCTET_STREAM) if header_length is not None else (codecs.JSON,)
+    codecs.require_content_type(request, *allowed)
+    body = await codecs.read_body(request, engine.settings.max_body_bytes)
+    infer = v2_codec.read_infer_request(body, header_length)
+    if infer.timeout_s is not None:
+        deadline = min(deadline, engine.deadline(infer.timeout_s))
+    result = await engine.log_prob(name, infer.rows, infer.masks, False, deadline, version=version)
+    return v2_codec.infer_response(name, result.version, infer, result.masks, result.log_prob)
+
+
+@router.get("/models/{name}", response_model=V2ModelMetadata, responses=v2_responses(*MODEL_ERRORS))
+async def model_metadata(name: str, engine: EngineDep) -> V2ModelMetadata:
+    return _metadata(engine, name, None)
+
+
+@router.get(
+    "/models/{name}/versions/{version}", response_model=V2ModelMetadata, responses=v2_responses(*MODEL_ERRORS)
+)
+async def model_version_metadata(name: str, version: str, engine: EngineDep) -> V2ModelMetadata:
+    return _metadata(engine, name, version)
+
+
+@router.get("/models/{name}/ready", responses=v2_responses(ModelNotFound, ModelNotReady))
+async def model_ready(name: str, engine: EngineDep) -> Response:
+    return _ready(engine, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", responses=v2_responses(ModelNotFound, ModelNotReady))
+async def model_version_ready(name: str, version: str, engine: EngineDep) -> Response:
+    return _ready(engine, name, version)
+
+
+@router.post(
+    "/models/{name}/infer",
+    response_model=V2InferResponse,
+    openapi_extra=INFER_DOCS,
+    responses=v2_responses(*INFER_ERRORS),
+)
 async def infer(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """log p(x) for an input tensor [N, D]; output `log_prob` [N] in nats."""
-    codecs.require_content_type(request, codecs.JSON)
-    body = codecs.parse_json(await codecs.read_body(request, engine.settings.max_body_bytes))
-    infer_request = validate_options(V2InferRequest, body)
-    if len(infer_request.inputs) != 1:
-        raise InvalidInput(f"expected exactly one input tensor, got {len(infer_request.inputs)}")
-    tensor = infer_request.inputs[0]
-    if tensor.datatype not in NUMERIC:
-        raise InvalidInput(f"input datatype {tensor.datatype!r} is not numeric")
-    if len(tensor.shape) != 2:
-        raise InvalidInput(f"input shape must be [N, D], got {tensor.shape}")
-    try:
-        values = np.asarray(tensor.data, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise InvalidInput("input data must be numbers (flat, or nested to the declared shape)") from None
-    if values.size != math.prod(tensor.shape):
-        raise InvalidInput(
-            f"input data holds {values.size} values; shape {tensor.shape} needs {math.prod(tensor.shape)}"
-        )
-    for output in infer_request.outputs or []:
-        if output.name != "log_prob":
-            raise InvalidInput(f"unknown output {output.name!r}; this model has 'log_prob'")
-    masks = (infer_request.parameters or {}).get("masks")
-    if masks is not None and (isinstance(masks, bool) or not isinstance(masks, int)):  # JSON true is no int
-        raise InvalidInput("parameters.masks must be an integer")
-    result = await engine.log_prob(name, values.reshape(tensor.shape), masks, False, deadline)
-    return codecs.json_response(
-        {
-            "model_name": name,
-            "model_version": str(result.version),
-            "id": infer_request.id,
-            "parameters": {"masks": result.masks},
-            "outputs": [
-                {
-                    "name": "log_prob",
-                    "datatype": "FP64",
-                    "shape": [len(result.log_prob)],
-                    "data": result.log_prob,
-                }
-            ],
-        }
-    )
+    return await _infer(engine, request, name, None, deadline)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=V2InferResponse,
+    openapi_extra=INFER_DOCS,
+    responses=v2_responses(*INFER_ERRORS),
+)
+async def infer_version(
+    name: str, version: str, request: Request, engine: EngineDep, deadline: DeadlineDep
+) -> Response:
+    """log p(x) for an input tensor [N, D] from this version of the model (404 unless it is the one
+    serving)."""
+    return await _infer(engine, request, name, version, deadline)
