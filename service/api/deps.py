@@ -46,15 +46,28 @@ async def request_deadline(
 DeadlineDep = Annotated[float, Depends(request_deadline)]
 
 
-async def require_admin(request: Request, engine: EngineDep) -> None:
+def has_admin_token(request: Request, engine: Engine) -> bool:
+    """The request carries the configured admin token (never true while none is configured)."""
     token = engine.settings.admin_token
     if token is None:
-        return
+        return False
     # "Bearer" is an auth scheme, and schemes are case-insensitive (RFC 7235 section 2.1); the token is not.
     scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
+    return scheme.lower() == "bearer" and hmac.compare_digest(
         given.strip().encode(), token.get_secret_value().encode()
-    ):
+    )
+
+
+async def is_admin(request: Request, engine: EngineDep) -> bool:
+    return has_admin_token(request, engine)
+
+
+AdminDep = Annotated[bool, Depends(is_admin)]
+
+
+async def require_admin(request: Request, engine: EngineDep) -> None:
+    """Admin routes: open while no admin token is configured, else only with it."""
+    if engine.settings.admin_token is not None and not has_admin_token(request, engine):
         raise Unauthorized(
             "this admin route needs 'Authorization: Bearer <admin token>'",
             headers={"WWW-Authenticate": "Bearer"},

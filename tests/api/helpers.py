@@ -31,6 +31,7 @@ SERVER_DEVICE = str(resolve_device(os.environ.get("MADE_DEVICE", "auto")))
 # The slow model (save_slow) is slow on purpose, to make queueing, deadlines and draining observable: on
 # a GPU it would not be, so its servers compute on the CPU wherever the tests run.
 SLOW_MODEL_ENV = {"MADE_DEVICE": "cpu"}
+TRAINING_DATA = "/srv/private/tiny-train.npz"
 
 
 def save_tiny(path: Path, seed: int = 0, steps: int = 200, n_dims: int = 8, **options) -> None:
@@ -56,7 +57,12 @@ def save_tiny(path: Path, seed: int = 0, steps: int = 200, n_dims: int = 8, **op
     held_out = markov_chain(300, n_dims, seed=seed + 1)
     calibrated = calibration.calibrate(calibration.scores_of(model, held_out, K), K)
     checkpoint.save(
-        model, path, input_shape=[2, n_dims // 2], calibration=calibrated, training={"seed": seed}
+        model,
+        path,
+        input_shape=[2, n_dims // 2],
+        calibration=calibrated,
+        # where it was trained from: what only the admin may see through the API
+        training={"seed": seed, "command": f"made train --data {TRAINING_DATA}", "data_file": TRAINING_DATA},
     )
 
 

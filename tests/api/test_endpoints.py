@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from service import checkpoint
-from tests.api.helpers import MADE, SERVER_DEVICE
+from tests.api.helpers import MADE, SERVER_DEVICE, TRAINING_DATA
 from tests.helpers import all_binary, markov_chain
 
 JSON = {"content-type": "application/json"}
@@ -47,6 +47,21 @@ def test_model_listing_and_details(server):
     assert tiny["device"] == SERVER_DEVICE and tiny["training"]["seed"] == 0
     assert tiny["calibration"]["n"] == 300 and tiny["calibration"]["masks"] == 2
     assert server.client.get("/v1/models/none").status_code == 404
+
+
+def test_where_a_model_was_trained_from_is_shown_only_to_the_admin(server):
+    """The training record's command line and data files name paths on the operator's disks."""
+    private = ("command", "data_file")
+    for route in ("/v1/models/tiny", "/v1/models"):
+        for authorization, shown in [(None, False), ("Bearer wrong", False), ("Bearer s3cret", True)]:
+            headers = {"authorization": authorization} if authorization else {}
+            answer = server.client.get(route, headers=headers)
+            assert answer.status_code == 200
+            assert (TRAINING_DATA in answer.text) == shown, (route, authorization)
+            listed = [answer.json()] if route.endswith("tiny") else answer.json()["models"]
+            training = next(m for m in listed if m["name"] == "tiny")["training"]
+            assert all((key in training) == shown for key in private), training
+            assert training["seed"] == 0  # the rest of the record is public
 
 
 def test_log_prob_matches_the_library(server, repository):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from ..deps import EngineDep, require_admin
+from ..deps import AdminDep, EngineDep, require_admin
 from ..errors import ModelNotFound, Unauthorized, responses
 from ..registry import ModelEntry, ModelRegistry
 from ..schemas import MasksInfo, ModelInfo, ModelList, ReloadResponse
@@ -12,19 +12,29 @@ from ..schemas import MasksInfo, ModelInfo, ModelList, ReloadResponse
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def describe(registry: ModelRegistry, entry: ModelEntry) -> ModelInfo:
+# Where a model was trained from (command lines, data files) is the operator's business: shown only to a
+# request with the admin token. Everything else in the training record (epochs, scores, seed) is public.
+PRIVATE_TRAINING_KEYS = ("command", "data_file", "valid_file")  # also in the calibration summary
+
+
+def describe(registry: ModelRegistry, entry: ModelEntry, admin: bool) -> ModelInfo:
+    last_error = entry.last_error
+    if last_error and not admin:  # load errors name files: relative to the repository, not the disk
+        for root in {str(registry.root.resolve()), str(registry.root)}:
+            last_error = last_error.replace(root, "<repository>")
     info = ModelInfo(
         name=entry.name,
         status=entry.state,
         versions_available=registry.versions(entry.name),
         loading_version=entry.loading_version,
-        last_error=entry.last_error,
+        last_error=last_error,
     )
     served = entry.current
     if served is None:
         return info
     config = served.config
-    training = config.training.model_dump(exclude={"history"}) if config.training else None
+    hidden = {"history"} if admin else {"history", *PRIVATE_TRAINING_KEYS}
+    training = config.training.model_dump(exclude=hidden) if config.training else None
     return info.model_copy(
         update=dict(
             version=served.version,
@@ -43,23 +53,31 @@ def describe(registry: ModelRegistry, entry: ModelEntry) -> ModelInfo:
             loaded_at=served.loaded_at,
             load_seconds=round(served.load_seconds, 4),
             training=training,
-            calibration=config.calibration.summary() if config.calibration else None,
+            calibration=_calibration(config, admin),
         )
     )
 
 
+def _calibration(config, admin: bool) -> dict | None:
+    if config.calibration is None:
+        return None
+    summary = config.calibration.summary()
+    return summary if admin else {k: v for k, v in summary.items() if k not in PRIVATE_TRAINING_KEYS}
+
+
 @router.get("", response_model=ModelList)
-async def list_models(engine: EngineDep) -> ModelList:
-    """Every model in the repository that the server serves, with its status (ready, loading, failed)."""
+async def list_models(engine: EngineDep, admin: AdminDep) -> ModelList:
+    """Every model in the repository that the server serves, with its status (ready, loading, failed).
+    The training record's command line and data files only with the admin token."""
     registry = engine.registry
-    return ModelList(models=[describe(registry, e) for e in registry.entries.values()])
+    return ModelList(models=[describe(registry, e, admin) for e in registry.entries.values()])
 
 
 @router.get("/{name}", response_model=ModelInfo, responses=responses(ModelNotFound))
-async def get_model(name: str, engine: EngineDep) -> ModelInfo:
-    """One model: version, likelihood, dimensions, input shape, masks, device, status, training record and
-    calibration summary."""
-    return describe(engine.registry, engine.registry.entry(name))
+async def get_model(name: str, engine: EngineDep, admin: AdminDep) -> ModelInfo:
+    """One model: version, likelihood, dimensions, input shape, masks, device, status, training record
+    (its command line and data files only with the admin token) and calibration summary."""
+    return describe(engine.registry, engine.registry.entry(name), admin)
 
 
 @router.post(
