@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -37,18 +38,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health.router, models.router, inference.router, kserve.router):
         app.include_router(router)
     app.add_middleware(RequestTracking, access_log=settings.access_log)
-    _hoist_body_schema_definitions(app)
+    _openapi_with_served_examples(app)
     return app
 
 
-def _hoist_body_schema_definitions(app: FastAPI) -> None:
-    """Routes that read their own bodies document them with pydantic's schema (deps.body_docs), whose
-    nested models sit in a local "$defs" while its $refs point at #/components/schemas: move them there,
-    so every $ref of /openapi.json resolves (tools build `sample` and `infer` bodies from them)."""
+def _openapi_with_served_examples(app: FastAPI) -> None:
+    """/openapi.json: FastAPI's document with two fixes. Routes that read their own bodies document them
+    with pydantic's schema (deps.body_docs), whose nested models sit in a local "$defs" while its $refs
+    point at #/components/schemas: they are moved there, so every $ref resolves (tools build `sample` and
+    `infer` bodies from them). And the inference routes get examples that are valid for the models served
+    now (a row of D values for each), rebuilt when the served versions change."""
     generate = app.openapi
+    built: dict = {}
 
-    def openapi() -> dict:
-        if app.openapi_schema is None:
+    def base() -> dict:
+        if "base" not in built:
             schema = generate()
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for operations in schema.get("paths", {}).values():
@@ -56,7 +60,59 @@ def _hoist_body_schema_definitions(app: FastAPI) -> None:
                     for media in operation.get("requestBody", {}).get("content", {}).values():
                         for name, definition in media.get("schema", {}).pop("$defs", {}).items():
                             components.setdefault(name, definition)
-            app.openapi_schema = schema
+            built["base"] = schema
+        return built["base"]
+
+    def openapi() -> dict:
+        engine = getattr(app.state, "engine", None)
+        served = (
+            [e.current for e in engine.registry.entries.values() if e.current is not None] if engine else []
+        )
+        signature = tuple((m.name, m.version) for m in served)
+        if built.get("signature") != signature or app.openapi_schema is None:
+            app.openapi_schema = _with_examples(copy.deepcopy(base()), served)
+            built["signature"] = signature
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+EXAMPLE_OPERATIONS = {
+    "/v1/models/{name}/log-prob": "v1",
+    "/v1/models/{name}/anomaly": "v1",
+    "/v2/models/{name}/infer": "v2",
+    "/v2/models/{name}/versions/{version}/infer": "v2",
+}
+
+
+def _with_examples(schema: dict, served: list) -> dict:
+    """Named examples, one per served model: the path's `name` and a body of one row of zeros (in the
+    support of every likelihood), so each example is an answerable request for the model it names."""
+    if not served:
+        return schema
+    for path, kind in EXAMPLE_OPERATIONS.items():
+        operation = schema["paths"].get(path, {}).get("post")
+        if operation is None:
+            continue
+        models = [m for m in served if not path.endswith("anomaly") or m.calibration is not None]
+        row = {m.name: [0] * m.config.n_dims for m in models}
+        bodies = {
+            m.name: {"inputs": [row[m.name]]}
+            if kind == "v1"
+            else {
+                "inputs": [
+                    {"name": "input", "datatype": "FP32", "shape": [1, m.config.n_dims], "data": row[m.name]}
+                ]
+            }
+            for m in models
+        }
+        operation["requestBody"]["content"]["application/json"]["examples"] = {
+            m.name: {"summary": f"one row for {m.name} (D={m.config.n_dims})", "value": bodies[m.name]}
+            for m in models
+        }
+        for parameter in operation.get("parameters", []):
+            if parameter["name"] == "name":
+                parameter["examples"] = {m.name: {"value": m.name} for m in models}
+            elif parameter["name"] == "version":
+                parameter["examples"] = {m.name: {"value": str(m.version)} for m in models}
+    return schema

@@ -245,7 +245,10 @@ def install(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         problems = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            loc = err.get("loc", ())
+            if loc[:1] == ("header",):  # named as the client wrote it: X-Request-Timeout
+                loc = ("-".join(part.capitalize() for part in str(loc[-1]).split("-")),)
+            where = ".".join(str(p) for p in loc if p != "body")
             problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         count(request, InvalidInput.code)
         return error_response(request.url.path, InvalidInput.status, InvalidInput.code, "; ".join(problems))

@@ -23,8 +23,8 @@ from pydantic_core import PydanticCustomError
 Rows = Annotated[
     list[list[float | None]],
     Field(
+        # no example here: a valid one depends on the model (/openapi.json has one per served model)
         description="rows of D numbers each (bernoulli: 0/1; categorical: integers 0..K-1; else reals)",
-        examples=[[[0, 1, 1, 0], [1, 1, 0, 0]]],
     ),
 ]
 Masks = Annotated[
@@ -214,6 +214,15 @@ class ErrorResponse(BaseModel):
 
 
 # ---- Open Inference Protocol v2 (KServe, Triton) ---------------------------------------------------------
+class V2ServerReady(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
 class V2ErrorResponse(BaseModel):
     error: str = Field(description="what is wrong (the Open Inference Protocol's error body)")
 

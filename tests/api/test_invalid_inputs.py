@@ -623,7 +623,7 @@ def test_a_version_that_is_not_served_is_404_on_every_versioned_route(server):
     for version in ("2", "0", "x", "01x"):
         assert server.client.get(f"/v2/models/tiny/versions/{version}").status_code == 404
         assert server.client.post(f"/v2/models/tiny/versions/{version}/infer", json=body).status_code == 404
-        assert server.client.get(f"/v2/models/tiny/versions/{version}/ready").status_code == 503
+        assert server.client.get(f"/v2/models/tiny/versions/{version}/ready").status_code == 400
     assert server.client.post("/v2/models/tiny/versions/1/infer", json=body).status_code == 200
     assert server.client.get("/v2/models/nothing/versions/1/ready").status_code == 404
 

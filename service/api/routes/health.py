@@ -26,7 +26,16 @@ async def readyz(engine: EngineDep) -> Response:
     return codecs.json_response(body, status=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format 0.0.4",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def prometheus_metrics() -> Response:
     """Prometheus text exposition (aggregated across worker processes in multiprocess mode)."""
     return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)

@@ -27,11 +27,17 @@ from ..errors import (
     UnsupportedMediaType,
     v2_responses,
 )
-from ..schemas import V2InferRequest, V2InferResponse, V2ModelMetadata
+from ..schemas import V2InferRequest, V2InferResponse, V2ModelMetadata, V2ModelReady, V2ServerReady
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 EXTENSIONS = ["binary_tensor_data"]
 MODEL_ERRORS = (ModelNotFound,)
+# The protocol's readiness answers are booleans: 200 for true, a 4xx (400, as Triton) for false.
+NOT_READY = 400
+SERVER_READY_DOCS = {NOT_READY: {"model": V2ServerReady, "description": "not ready (loading, or draining)"}}
+MODEL_READY_DOCS = {
+    NOT_READY: {"model": V2ModelReady, "description": "not ready: loading, failed, another version, draining"}
+} | v2_responses(ModelNotFound)
 INFER_ERRORS = (
     MalformedRequest,
     ModelNotFound,
@@ -73,9 +79,9 @@ async def live() -> dict:
     return {"live": True}
 
 
-@router.get("/health/ready", responses=v2_responses(ModelNotReady))
+@router.get("/health/ready", response_model=V2ServerReady, responses=SERVER_READY_DOCS)
 async def ready(engine: EngineDep) -> Response:
-    return codecs.json_response({"ready": engine.ready}, status=200 if engine.ready else 503)
+    return codecs.json_response({"ready": engine.ready}, status=200 if engine.ready else NOT_READY)
 
 
 def _metadata(engine: Engine, name: str, version: str | None) -> V2ModelMetadata:
@@ -91,7 +97,7 @@ def _metadata(engine: Engine, name: str, version: str | None) -> V2ModelMetadata
 
 def _ready(engine: Engine, name: str, version: str | None) -> Response:
     is_ready = engine.registry.serves(name, version) and not engine.draining
-    return codecs.json_response({"name": name, "ready": is_ready}, status=200 if is_ready else 503)
+    return codecs.json_response({"name": name, "ready": is_ready}, status=200 if is_ready else NOT_READY)
 
 
 async def _infer(
@@ -120,12 +126,14 @@ async def model_version_metadata(name: str, version: str, engine: EngineDep) -> 
     return _metadata(engine, name, version)
 
 
-@router.get("/models/{name}/ready", responses=v2_responses(ModelNotFound, ModelNotReady))
+@router.get("/models/{name}/ready", response_model=V2ModelReady, responses=MODEL_READY_DOCS)
 async def model_ready(name: str, engine: EngineDep) -> Response:
     return _ready(engine, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready", responses=v2_responses(ModelNotFound, ModelNotReady))
+@router.get(
+    "/models/{name}/versions/{version}/ready", response_model=V2ModelReady, responses=MODEL_READY_DOCS
+)
 async def model_version_ready(name: str, version: str, engine: EngineDep) -> Response:
     return _ready(engine, name, version)
 
