@@ -17,6 +17,7 @@ from tests.helpers import markov_chain
 
 WIDTHS = {1: 10, 2: 12, 3: 10, 4: 12}  # version -> D: three swaps, each changing D
 ROWS = 4
+CLIENTS = 10
 
 
 @pytest.fixture
@@ -72,8 +73,8 @@ def test_a_reload_that_changes_the_width_answers_every_request_cleanly(swapping_
             answers.append(one_request(server, operation, chooser.choice((10, 12))))
 
     env = {"MADE_RELOAD_POLL_S": "0", "MADE_MAX_BATCH_DELAY_MS": "5"}
-    with running(root, env=env) as server, ThreadPoolExecutor(6) as pool:
-        clients = [pool.submit(client, seed) for seed in range(6)]
+    with running(root, env=env) as server, ThreadPoolExecutor(CLIENTS) as pool:
+        clients = [pool.submit(client, seed) for seed in range(CLIENTS)]
         time.sleep(0.3)
         for version in (2, 3, 4):
             copy_version(root, "tiny", staged[version], version)
