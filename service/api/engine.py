@@ -15,6 +15,7 @@ another version's shape.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ class SampleResult:
     image: SampleImage | None = None  # only when asked for
 
 
+LOADER_THREADS = min(4, os.cpu_count() or 1)
+
+
 class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -78,7 +82,9 @@ class Engine:
         if settings.compute_threads:
             torch.set_num_threads(settings.compute_threads)
         self.compute_executor = ThreadPoolExecutor(1, thread_name_prefix="made-compute")
-        self.loader_executor = ThreadPoolExecutor(1, thread_name_prefix="made-loader")
+        # Models load side by side (reading files and warming them leave the GIL often), so a restarted
+        # server is ready sooner; one model's versions still load one at a time (registry.reload_task).
+        self.loader_executor = ThreadPoolExecutor(LOADER_THREADS, thread_name_prefix="made-loader")
         self.registry = ModelRegistry(settings, self.device, self.loader_executor)
         self.batchers = Batchers(
             self.compute_executor,

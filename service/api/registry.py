@@ -246,7 +246,8 @@ class ModelRegistry:
                 if model.likelihood.real_valued
                 else torch.zeros(2, model.n_dims, device=self.device)
             )
-            model.log_prob(warm, masks=config.eval_masks)
+            # two masks run the ensemble's code path; all of a 512-mask default would only cost start-up time
+            model.log_prob(warm, masks=min(config.eval_masks, 2))
             sample_fast(model, 1, masks=1, generator=make_generator(0, self.device))  # also builds its plan
         return model, config
 
