@@ -225,6 +225,39 @@ def test_openapi_and_docs(server):
     assert '"$defs"' not in json.dumps(spec)
 
 
+def test_the_openapi_document_declares_what_the_server_does(server):
+    spec = server.client.get("/openapi.json").json()
+    paths = spec["paths"]
+    # /metrics is Prometheus text, not JSON (was declared application/json)
+    assert list(paths["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    # the v2 inference routes list their errors, in the protocol's error body
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+        responses = paths[path]["post"]["responses"]
+        assert {"400", "404", "413", "415", "422", "503", "504"} <= set(responses), sorted(responses)
+        error = responses["404"]["content"]["application/json"]["schema"]["$ref"]
+        assert error.endswith("/V2ErrorResponse")
+        assert "application/octet-stream" in paths[path]["post"]["requestBody"]["content"]
+    # X-Request-Timeout is a number with a floor, not a free string
+    (timeout,) = [p for p in paths["/v1/models/{name}/log-prob"]["post"]["parameters"] if p["in"] == "header"]
+    assert {"type": "number", "minimum": 0.01} in timeout["schema"]["anyOf"]
+
+
+def test_every_request_example_is_answered_by_the_model_it_names(server):
+    """The examples are one per served model (the 4-column example fitted none of them)."""
+    spec = server.client.get("/openapi.json").json()
+    answered = 0
+    for path, operations in spec["paths"].items():
+        operation = operations.get("post", {})
+        examples = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+        for name, example in examples.get("examples", {}).items():
+            url = path.replace("{name}", name).replace("{version}", "1")
+            answer = server.client.post(url, json=example["value"])
+            assert answer.status_code == 200, (url, answer.text)
+            answered += 1
+    # log-prob and both infer routes for the three models; anomaly for the two calibrated ones
+    assert answered == 3 * 3 + 2
+
+
 def test_kserve_v2(server, repository):
     model, _ = local(repository)
     assert server.client.get("/v2/health/live").json() == {"live": True}
