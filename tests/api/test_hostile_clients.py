@@ -143,7 +143,8 @@ def test_clients_that_abandon_their_uploads_are_counted_as_disconnects_not_serve
         time.sleep(0.1)
     assert counted == abandoned
     assert guarded.metric("made_errors_total") == errors_before
-    assert guarded.metric("made_request_duration_seconds_count", status="500") == 0
+    assert guarded.metric("made_http_request_duration_seconds_count", status="500") == 0
+    assert guarded.metric("made_http_request_duration_seconds_count", status="499") >= abandoned
     assert "Traceback" not in guarded.log_path.read_text()
 
 
