@@ -196,6 +196,16 @@ def test_gateway_timeouts_leave_the_deadline_to_the_service(nginx):
     assert duration_s(body_timeout[0]) <= deadline
 
 
+def test_gateway_closes_idle_upstream_connections_before_the_service_does(nginx):
+    """The service closes a keep-alive connection idle for keep_alive_s. A gateway that keeps it longer
+    may send the next request down a connection the service is closing, and answer 502: the gateway's
+    upstream keep-alive must end first. Its header timeout is the service's head read timeout or less."""
+    (keepalive,) = nginx["keepalive_timeout"]
+    assert duration_s(keepalive[0]) < default("keep_alive_s")
+    (header_timeout,) = nginx["client_header_timeout"]
+    assert duration_s(header_timeout[0]) <= default("read_timeout_s")
+
+
 def test_gateway_proxies_to_the_service(nginx, compose):
     assert ["made:8000"] in nginx["server"]
     assert ["http://made"] in nginx["proxy_pass"]
