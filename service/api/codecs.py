@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from tokenize import TokenError
 
 import numpy as np
 import orjson
@@ -130,7 +131,18 @@ def rows_from_npy(body: bytes) -> np.ndarray:
         npy = np.lib.format
         read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
         shape, fortran_order, dtype = read_header(stream)
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+    # numpy parses the header as a Python literal, and a hostile one fails in many ways (a dict left open
+    # ends in tokenize's TokenError): each is the client's malformed body
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        OSError,
+        EOFError,
+        SyntaxError,
+        RecursionError,
+        TokenError,
+    ) as exc:
         raise MalformedRequest(f"body is not a valid .npy array: {exc}") from None
     if dtype.hasobject:
         raise MalformedRequest("body is not a valid .npy array: it holds Python objects (never unpickled)")

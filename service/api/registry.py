@@ -75,10 +75,18 @@ def _signature(path: Path) -> tuple:
     return tuple(stats)
 
 
+MAX_NAME_BYTES = 255  # the longest file name Linux filesystems take (ext4, xfs): longer is no directory
+
+
 def is_model_name(name: str) -> bool:
     """A model is a directory directly inside the repository, so its name is one path component: never
-    "..", ".", empty, or anything holding a separator (a name from a URL must not leave the repository)."""
-    return name not in ("", ".", "..") and not any(c in name for c in "/\\\x00")
+    "..", ".", empty, anything holding a separator (a name from a URL must not leave the repository), or
+    longer than a file name can be."""
+    return (
+        name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\x00")
+        and len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES
+    )
 
 
 class ModelRegistry:
@@ -96,13 +104,17 @@ class ModelRegistry:
         if not is_model_name(name):
             return []
         directory = self.root / name
-        if not directory.is_dir():
+        try:
+            if not directory.is_dir():
+                return []
+            return sorted(
+                int(child.name)
+                for child in directory.iterdir()
+                if child.is_dir() and child.name.isdigit() and (child / checkpoint.CONFIG_FILE).is_file()
+            )
+        except OSError as exc:  # unreadable, or vanished while listed: no versions to load from here
+            log.warning("cannot list model versions", extra={"model": name, "error": str(exc)})
             return []
-        found = []
-        for child in directory.iterdir():
-            if child.is_dir() and child.name.isdigit() and (child / checkpoint.CONFIG_FILE).is_file():
-                found.append(int(child.name))
-        return sorted(found)
 
     def names(self) -> list[str]:
         if self.settings.models:

@@ -24,6 +24,16 @@ def npy(array) -> bytes:
     return buffer.getvalue()
 
 
+NPY = {"content-type": "application/x-npy"}
+
+
+def npy_header_text(text: str, data_bytes: int = 64) -> bytes:
+    """A version 1.0 .npy with `text` as its header (padded as numpy pads it), then `data_bytes` bytes."""
+    header = text.encode("latin1")
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(data_bytes)
+
+
 def npy_claiming(shape, data_bytes: int = 80) -> bytes:
     """An .npy header that declares `shape` of float64, followed by only `data_bytes` bytes."""
     header = io.BytesIO()
@@ -342,6 +352,32 @@ CASES = [
         400,
         "malformed_request",
         "not a valid .npy array",
+        {},
+    ),
+    *(
+        (
+            f"npy header dict left open ({route})",  # numpy raised tokenize's TokenError: was a 500
+            "post",
+            f"/v1/models/tiny/{route}",
+            dict(
+                content=npy_header_text("{'descr': '<f8', 'fortran_order': False, 'shape': (1, 8), "),
+                headers=NPY,
+            ),
+            400,
+            "malformed_request",
+            "not a valid .npy array",
+            {},
+        )
+        for route in ("log-prob", "anomaly")
+    ),
+    (
+        "a model name longer than a file name, on reload",  # OSError "File name too long": was a 500
+        "post",
+        "/v1/models/" + "a" * 300 + "/reload",
+        dict(headers={"authorization": "Bearer s3cret"}),
+        404,
+        "model_not_found",
+        "no versions",
         {},
     ),
     *(
