@@ -15,6 +15,9 @@ pair (below 0.5: that outlier digit looks *more* normal than the class). Candida
 - nll - png: the same with the 1-bit PNG code length;
 - nll - independent: nll minus the code length under independent pixels fitted to all training digits
   (a learned simple model);
+- nll - context: nll minus the code length under a context model of local 2-D structure (each pixel given
+  its 10 causal neighbours, JBIG's template; one table fitted by counting) on the class's training rows,
+  or on all training digits;
 - nll - general: nll minus the code length under the bundled all-digit model (`models/binarized-mnist`): a
   likelihood ratio against a general model of the domain;
 - nll - background: nll minus the code length under a background model trained with the same recipe on
@@ -84,6 +87,38 @@ def png_nats(bits: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
+# A causal template of neighbours (row offset, column offset), JBIG's 10-pixel shape: two rows above and
+# the pixels to the left. Each pixel's context is the bits at these places (0 outside the image).
+TEMPLATE = [(0, -1), (0, -2), (0, -3), (0, -4), (-1, -2), (-1, -1), (-1, 0), (-1, 1), (-1, 2), (-2, 0)]
+
+
+def contexts(bits: np.ndarray, shape=(28, 28)) -> np.ndarray:
+    """(N, D) context index of every pixel from its template neighbours."""
+    images = bits.reshape(-1, *shape).astype(np.int64)
+    padded = np.pad(images, ((0, 0), (2, 0), (4, 4)))
+    index = np.zeros_like(images)
+    for bit, (dr, dc) in enumerate(TEMPLATE):
+        index |= padded[:, 2 + dr : 2 + dr + shape[0], 4 + dc : 4 + dc + shape[1]] << bit
+    return index.reshape(len(bits), -1)
+
+
+class ContextModel:
+    """A learned simple model: p(x_ij = 1 | its template context), one table shared by every position, fitted
+    by counting (Krichevsky-Trofimov: add 1/2). Its code length knows local 2-D structure, not digits."""
+
+    def __init__(self, bits: np.ndarray):
+        index = contexts(bits)
+        ones = np.bincount(
+            index.ravel(), weights=bits.ravel().astype(np.float64), minlength=2 ** len(TEMPLATE)
+        )
+        total = np.bincount(index.ravel(), minlength=2 ** len(TEMPLATE))
+        self.p_one = (ones + 0.5) / (total + 1.0)
+
+    def nats(self, bits: np.ndarray) -> np.ndarray:
+        p = self.p_one[contexts(bits)]
+        return -np.where(bits == 1, np.log(p), np.log1p(-p)).sum(1)
+
+
 def two_sided(nll: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """-log of the two-sided empirical p-value of each nll against the reference scores."""
     reference = np.sort(reference)
@@ -113,7 +148,9 @@ def out_of_distribution(valid: np.ndarray, rng: np.random.Generator) -> dict[str
     return sets
 
 
-def ood_table(model, background, valid, nll_valid, zl_valid, png_valid, independent_valid, marginal) -> None:
+def ood_table(
+    model, background, context, valid, nll_valid, zl_valid, png_valid, independent_valid, marginal
+) -> None:
     """The bundled all-digit model against inputs it should flag: AUROC against the validation digits, and
     the fraction flagged at the 1% threshold. The validation rows' even half is the reference (what
     calibration would hold: p-values and thresholds), the odd half the inliers the AUROC is taken over."""
@@ -125,11 +162,12 @@ def ood_table(model, background, valid, nll_valid, zl_valid, png_valid, independ
         "nll - png": nll_valid - png_valid,
         "nll - independent": nll_valid - independent_valid,
         "nll - background": nll_valid - nll_of(background, torch.from_numpy(valid.astype(np.float32))),
+        "nll - context": nll_valid - context.nats(valid),
     }
 
     def all_scores(nll: np.ndarray, corrected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scores = {"nll": nll, "two-sided": two_sided(nll, nll_ref), **corrected}
-        for other in ("nll - zlib", "nll - png", "nll - background"):
+        for other in ("nll - zlib", "nll - png", "nll - background", "nll - context"):
             scores[f"either nll or {other}"] = -np.log(
                 np.minimum(upper_p(nll, nll_ref), upper_p(corrected[other], complexity_valid[other][even]))
             )
@@ -147,6 +185,7 @@ def ood_table(model, background, valid, nll_valid, zl_valid, png_valid, independ
             "nll - png": nll - png_nats(rows),
             "nll - independent": nll - ind,
             "nll - background": nll - nll_of(background, x),
+            "nll - context": nll - context.nats(rows),
         }
         cells = []
         for name, s in all_scores(nll, corrected).items():
@@ -185,6 +224,7 @@ def main() -> None:
     zl, pn = zlib_nats(valid), png_nats(valid)
     marginal = np.clip(train.mean(0), 1e-3, 1 - 1e-3)
     independent = -(valid * np.log(marginal) + (1 - valid) * np.log(1 - marginal)).sum(1)
+    context_all = ContextModel(train).nats(valid)
     print("general model ...", file=sys.stderr)
     general_model, _ = checkpoint.load(Path(args.general))
     general = nll_of(general_model, x)
@@ -200,6 +240,9 @@ def main() -> None:
         "either nll or nll - zlib",
         "either nll or nll - png",
         "either nll or nll - background",
+        "nll - context (class)",
+        "nll - context (all digits)",
+        "either nll or nll - context (class)",
     ]
     per_model = {name: [] for name in names}
     worst_pair = {name: (1.0, None) for name in names}
@@ -222,6 +265,12 @@ def main() -> None:
             "nll - general": nll - general,
             "nll - background": nll - nll_of(checkpoint.load(Path(args.backgrounds) / f"b{k}")[0], x),
         }
+        class_context = ContextModel(train[data["train_y"] == k])
+        scores["nll - context (class)"] = nll - class_context.nats(valid)
+        scores["nll - context (all digits)"] = nll - context_all
+        scores["either nll or nll - context (class)"] = either(
+            nll, scores["nll - context (class)"], reference
+        )
         scores["either nll or nll - zlib"] = either(nll, scores["nll - zlib"], reference)
         scores["either nll or nll - png"] = either(nll, scores["nll - png"], reference)
         scores["either nll or nll - background"] = either(nll, scores["nll - background"], reference)
@@ -233,7 +282,9 @@ def main() -> None:
                 worst_pair[name] = (a, f"{j} vs model {k}")
 
     background_all, _ = checkpoint.load(Path(args.backgrounds) / "b_all")
-    ood_table(general_model, background_all, valid, general, zl, pn, independent, marginal)
+    ood_table(
+        general_model, background_all, ContextModel(train), valid, general, zl, pn, independent, marginal
+    )
 
     print("| score | mean AUROC | worst digit's AUROC | worst pair AUROC (outlier vs model) |")
     print("|---|---|---|---|")
