@@ -1,0 +1,91 @@
+"""A learned simple model of local structure for binary rows: the input-complexity term of an anomaly score.
+
+    p(x) = prod_i p(x_i = 1 | c_i(x)),   c_i(x) = the bits at a fixed causal template of positions before i
+
+For a 2-D input shape (H, W) the template is JBIG's 10 pixels: the four to the left in the same row, five
+in the row above (columns -2..2) and one two rows above; positions outside the image read 0. Without a
+shape it is the previous 10 dimensions. One table of 2^10 probabilities is shared by every position and
+fitted by counting with the Krichevsky-Trofimov estimator (add 1/2 to each count). Every conditional looks
+only at earlier positions in raster order, so p is exactly normalised.
+
+Its code length, -log p(x), says how predictable x is from local statistics alone (few "on" pixels, long
+blank runs, stroke texture), which is what makes a likelihood model call simple inputs likely (Serra et
+al. 2020, Schirrmeister et al. 2020). docs/anomaly.md measures NLL minus this code length as an anomaly
+score.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (row offset, column offset) of each context bit, relative to the pixel predicted; bit b has weight 2^b
+TEMPLATE_2D = ((0, -1), (0, -2), (0, -3), (0, -4), (-1, -2), (-1, -1), (-1, 0), (-1, 1), (-1, 2), (-2, 0))
+ORDER_1D = 10  # without a shape: the previous 10 dimensions, lag 1 is bit 0
+CONTEXT_BITS = 10
+N_CONTEXTS = 2**CONTEXT_BITS
+
+
+class ContextModel(nn.Module):
+    def __init__(self, n_dims: int, input_shape: list[int] | tuple[int, ...] | None = None):
+        super().__init__()
+        if input_shape is not None and (len(input_shape) != 2 or input_shape[0] * input_shape[1] != n_dims):
+            raise ValueError(f"input_shape {list(input_shape)} is not a 2-D shape of {n_dims} values")
+        self.n_dims = n_dims
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.register_buffer("p_one", torch.full((N_CONTEXTS,), 0.5, dtype=torch.float64))  # (2^10,)
+        self.register_buffer("kernel", self._kernel())
+
+    def _kernel(self) -> torch.Tensor:
+        """The template as a convolution kernel whose weights are the bits' powers of two: convolving the
+        padded input gives every position's context index at once."""
+        if self.input_shape is None:
+            kernel = torch.zeros(1, 1, ORDER_1D + 1)  # taps at lags ORDER_1D..0; the last is the position
+            for lag in range(1, ORDER_1D + 1):
+                kernel[0, 0, ORDER_1D - lag] = 2.0 ** (lag - 1)
+            return kernel
+        kernel = torch.zeros(1, 1, 3, 9)  # rows -2..0, columns -4..4; the pixel itself at [2, 4]
+        for bit, (dr, dc) in enumerate(TEMPLATE_2D):
+            kernel[0, 0, 2 + dr, 4 + dc] = 2.0**bit
+        return kernel
+
+    def contexts(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) 0/1 rows -> (N, D) context index of every position, in 0..2^10 - 1."""
+        x = x.to(self.kernel.dtype)
+        if self.input_shape is None:
+            padded = F.pad(x[:, None, :], (ORDER_1D, 0))  # zeros before the first dimension
+            index = F.conv1d(padded, self.kernel)
+        else:
+            images = x.reshape(-1, 1, *self.input_shape)
+            padded = F.pad(images, (4, 4, 2, 0))  # 4 columns either side, 2 rows above
+            index = F.conv2d(padded, self.kernel)
+        return index.reshape(len(x), self.n_dims).round().long()  # exact: integers below 2^24
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) 0/1 rows -> (N,) log p(x) in nats (float64)."""
+        # one gather from [log p(0 | c), log p(1 | c)] per context, at 2c + x_i (cheaper than two and a where)
+        table = torch.stack([torch.log1p(-self.p_one), self.p_one.log()], dim=1).reshape(-1)  # (2^11,)
+        return table[2 * self.contexts(x) + x.long()].sum(dim=1)
+
+    def code_length(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.log_prob(x)
+
+    @classmethod
+    def fit(
+        cls,
+        rows: torch.Tensor,
+        input_shape: list[int] | tuple[int, ...] | None = None,
+        batch_rows: int = 4096,
+    ) -> ContextModel:
+        """The model of (N, D) 0/1 rows: per context, (ones + 1/2) / (seen + 1)."""
+        model = cls(rows.shape[1], input_shape).to(rows.device)
+        ones = torch.zeros(N_CONTEXTS, dtype=torch.float64, device=rows.device)
+        seen = torch.zeros(N_CONTEXTS, dtype=torch.float64, device=rows.device)
+        for start in range(0, len(rows), batch_rows):
+            batch = rows[start : start + batch_rows]
+            index = model.contexts(batch).reshape(-1)
+            ones.index_add_(0, index, batch.reshape(-1).to(torch.float64))
+            seen.index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
+        model.p_one.copy_((ones + 0.5) / (seen + 1.0))
+        return model
