@@ -145,8 +145,11 @@ def uci_table(repository: Path) -> None:
     """The bundled UCI models (no 2-D shape: the 1-D context model) against rows they should flag: AUROC
     against the odd validation rows (the even ones are the reference), and the fraction flagged at 1%."""
     rng = np.random.default_rng(0)
-    print("| model | input | n | nll | nll - chain context | either nll or nll - chain context |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| model | input | n | nll | nll - chain context | either nll or nll - chain context "
+        "| any of nll, nll - chain context, too likely |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name in ("uci-dna", "uci-mushrooms", "uci-nips"):
         model, _ = checkpoint.load(repository / name / "1")
         archive = np.load(ROOT.parent / "shared" / "data" / "uci" / f"{name.removeprefix('uci-')}.npz")
@@ -170,11 +173,18 @@ def uci_table(repository: Path) -> None:
 
         nll_v, corrected_v = scores(valid)
         union_v = -np.log(np.minimum(upper_p(nll_v, nll_v[even]), upper_p(corrected_v, corrected_v[even])))
+        three_v = any_of(nll_v, corrected_v, nll_v[even], corrected_v[even])
         for label, rows in sets.items():
             nll, corrected = scores(rows)
             union = -np.log(np.minimum(upper_p(nll, nll_v[even]), upper_p(corrected, corrected_v[even])))
+            three = any_of(nll, corrected, nll_v[even], corrected_v[even])
             cells = []
-            for test, reference in ((nll, nll_v), (corrected, corrected_v), (union, union_v)):
+            for test, reference in (
+                (nll, nll_v),
+                (corrected, corrected_v),
+                (union, union_v),
+                (three, three_v),
+            ):
                 threshold = np.quantile(reference[even], 0.99)
                 cells.append(f"{auroc(reference[~even], test):.3f}, {np.mean(test > threshold):.2f}")
             print(f"| {name} | {label} | {len(rows)} | " + " | ".join(cells) + " |")
@@ -233,6 +243,9 @@ def ood_table(
             scores[f"either nll or {other}"] = -np.log(
                 np.minimum(upper_p(nll, nll_ref), upper_p(corrected[other], complexity_valid[other][even]))
             )
+        scores["any of nll, nll - context, too likely"] = any_of(
+            nll, corrected["nll - context"], nll_ref, complexity_valid["nll - context"][even]
+        )
         return scores
 
     valid_scores = all_scores(nll_valid, complexity_valid)
@@ -262,6 +275,22 @@ def upper_p(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
     reference = np.sort(reference)
     above = 1.0 - np.searchsorted(reference, scores, side="left") / len(reference)
     return np.clip(above, 1.0 / (len(reference) + 1), 1.0)
+
+
+def lower_p(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """P(reference <= s): the lower-tail empirical p-value (too likely), floored at 1/(n+1)."""
+    below = np.searchsorted(np.sort(reference), scores, side="right") / len(reference)
+    return np.clip(below, 1.0 / (len(reference) + 1), 1.0)
+
+
+def any_of(
+    nll: np.ndarray, corrected: np.ndarray, nll_ref: np.ndarray, corrected_ref: np.ndarray
+) -> np.ndarray:
+    """-log min(p_nll, p_corrected, p_too_likely): the union of three one-sided tests (unlikely, unlikely
+    beyond its local complexity, or more likely than normal rows ever are)."""
+    return -np.log(
+        np.minimum.reduce([upper_p(nll, nll_ref), upper_p(corrected, corrected_ref), lower_p(nll, nll_ref)])
+    )
 
 
 def either(first: np.ndarray, second: np.ndarray, inlier: np.ndarray) -> np.ndarray:
@@ -309,6 +338,7 @@ def main() -> None:
         "nll - context (class)",
         "nll - context (all digits)",
         "either nll or nll - context (class)",
+        "any of nll, nll - context (class), too likely",
     ]
     per_model = {name: [] for name in names}
     worst_pair = {name: (1.0, None) for name in names}
@@ -336,6 +366,10 @@ def main() -> None:
         scores["nll - context (all digits)"] = nll - context_all
         scores["either nll or nll - context (class)"] = either(
             nll, scores["nll - context (class)"], reference
+        )
+        corrected = scores["nll - context (class)"]
+        scores["any of nll, nll - context (class), too likely"] = any_of(
+            nll, corrected, nll[reference], corrected[reference]
         )
         scores["either nll or nll - zlib"] = either(nll, scores["nll - zlib"], reference)
         scores["either nll or nll - png"] = either(nll, scores["nll - png"], reference)
