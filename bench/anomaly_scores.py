@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Which anomaly score? A study of candidate scores on one-class MNIST (issue 14), before one is built in.
 
-For each digit k, a MADE trained on the training rows of digit k only (`runs/oneclass/m<k>`, made by
-`runs/oneclass/train.sh`: `made train --hidden 500 --order random --epochs 60`) scores every validation
-row; the rows of digit k are the inliers, those of each other digit the outliers. For each candidate score
-the table gives the mean AUROC over the 10 models, the worst model's, and the worst (model, outlier digit)
-pair (below 0.5: that outlier digit looks *more* normal than the class). Candidates:
+For each digit k, a MADE trained on the training rows of digit k only (`<models>/m<k>`, trained first
+if missing, as bench/anomaly.py does: `made train --hidden 500 --order random --epochs 60`) scores every
+validation row; the rows of digit k are the inliers, those of each other digit the outliers. For each
+candidate score the table gives the mean AUROC over the 10 models, the worst model's, and the worst
+(model, outlier digit) pair (below 0.5: that outlier digit looks *more* normal than the class).
+Candidates:
 
 - nll: -log p_k(x), today's score;
 - two-sided: -log of the two-sided p-value of nll against the model's own validation scores (too likely is
@@ -21,8 +22,8 @@ pair (below 0.5: that outlier digit looks *more* normal than the class). Candida
 - nll - general: nll minus the code length under the bundled all-digit model (`models/binarized-mnist`): a
   likelihood ratio against a general model of the domain;
 - nll - background: nll minus the code length under a background model trained with the same recipe on
-  the same rows with 15% of their pixels flipped (Ren et al. 2019's likelihood ratio;
-  `runs/oneclass/train_bg.sh` makes `b<k>`, and `b_all` for the all-digit model).
+  the same rows with 15% of their pixels flipped (Ren et al. 2019's likelihood ratio; `b<k>`, and `b_all`
+  for the all-digit model, trained first if missing: bench/anomaly.py's prepare_backgrounds).
 
 Validation split only (test splits are not provided); progress on stderr.
 
@@ -309,6 +310,10 @@ def main() -> None:
     if args.uci_only:
         uci_table(ROOT / "models")
         return
+    from anomaly import prepare, prepare_backgrounds  # a sibling script (which imports this one)
+
+    prepare(Path(args.models), list(range(10)))
+    prepare_backgrounds(Path(args.backgrounds), list(range(10)))
     data = np.load(DATA)
     train = np.unpackbits(data["train_x"], axis=1)[:, :784]
     valid = np.unpackbits(data["valid_x"], axis=1)[:, :784]
