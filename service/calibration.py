@@ -52,6 +52,39 @@ class Calibration(BaseModel):
         fpr = self.default_fpr if fpr is None else fpr
         return float(np.interp(1.0 - fpr, self.levels, np.asarray(self.quantiles)))
 
+    def cdf(self, scores: np.ndarray, left: bool = False) -> np.ndarray:
+        """P(calibration score <= s) (or < s, `left`), linear between the stored quantiles. A run of equal
+        quantiles is a jump (many calibration rows share that score), taken whole at its value."""
+        q, levels = np.asarray(self.quantiles), self.levels
+        i = np.searchsorted(q, scores, side="left" if left else "right")  # q[i-1] <= s < q[i] (right)
+        inside = (i > 0) & (i < len(q))
+        lo, hi = q[np.clip(i - 1, 0, len(q) - 1)], q[np.clip(i, 0, len(q) - 1)]
+        step = np.where(hi > lo, (scores - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
+        below = levels[np.clip(i - 1, 0, len(q) - 1)] + step * (1.0 / (len(q) - 1))
+        return np.where(inside, below, np.where(i == 0, 0.0, 1.0))
+
+    def drift(self, scores: np.ndarray) -> tuple[float, float]:
+        """(Kolmogorov-Smirnov statistic, p-value) for "these scores come from the calibration distribution".
+
+        The statistic is the largest gap between the batch's empirical CDF and the calibration CDF, taken on
+        both sides of every batch value. The calibration CDF is itself an estimate from `n` rows, so the
+        p-value is the two-sample test's: Kolmogorov's limit at the effective size n_e = n_b n / (n_b + n),
+        with Stephens' small-sample correction. With ties (discrete scores) it is conservative."""
+        values, counts = np.unique(np.asarray(scores, dtype=np.float64), return_counts=True)
+        size = counts.sum()
+        at_or_below = np.cumsum(counts) / size  # batch CDF at each distinct value
+        below = at_or_below - counts / size  # and just below it
+        statistic = float(
+            max(
+                np.max(at_or_below - self.cdf(values)),
+                np.max(self.cdf(values, left=True) - below),
+                0.0,
+            )
+        )
+        effective = size * self.n / (size + self.n)
+        root = np.sqrt(effective)
+        return statistic, kolmogorov_sf((root + 0.12 + 0.11 / root) * statistic)
+
     def summary(self) -> dict:
         return {
             "n": self.n,
@@ -64,6 +97,15 @@ class Calibration(BaseModel):
             "data_file": self.data_file,
             "date": self.date,
         }
+
+
+def kolmogorov_sf(x: float) -> float:
+    """P(K > x) for Kolmogorov's distribution: 2 sum_k (-1)^(k-1) exp(-2 k^2 x^2) (1 for small x, where the
+    alternating series converges too slowly to be worth summing)."""
+    if x < 0.2:
+        return 1.0
+    k = np.arange(1, 101)
+    return float(np.clip(2.0 * np.sum((-1.0) ** (k - 1) * np.exp(-2.0 * k**2 * x**2)), 0.0, 1.0))
 
 
 def calibrate(

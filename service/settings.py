@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
         128 * 1024 * 1024, description="request body size (413)"
     )
+    min_drift_rows: Annotated[int, Field(ge=2)] = Field(
+        30, description="rows a drift check needs at least (a two-sample test on fewer says little)"
+    )
     max_header_bytes: Annotated[int, Field(ge=1024)] = Field(
         64 * 1024, description="request line and headers of one request (431, connection closed)"
     )

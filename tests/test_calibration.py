@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service import checkpoint
-from service.calibration import Calibration, calibrate
+from service.calibration import Calibration, calibrate, kolmogorov_sf
 from tests.api.helpers import MADE, save_tiny
 
 
@@ -56,3 +56,48 @@ def test_made_calibrate_rewrites_the_checkpoint(tmp_path):
     assert config.calibration.data_file.endswith("normal.npy") and len(config.calibration.data_sha256) == 64
     model, _ = checkpoint.load(tmp_path / "m")  # still loads, weights untouched
     assert model.n_dims == 8
+
+
+# ---- drift: a two-sample Kolmogorov-Smirnov test against the calibration scores ------------------------
+def test_kolmogorov_tail_matches_the_tables():
+    # the classical critical values of the Kolmogorov distribution
+    for x, tail in ((1.2238, 0.10), (1.3581, 0.05), (1.6276, 0.01), (1.9495, 0.001)):
+        assert abs(kolmogorov_sf(x) - tail) < 2e-4
+    assert kolmogorov_sf(0.1) == 1.0 and kolmogorov_sf(10.0) < 1e-80
+
+
+def test_drift_keeps_its_level_on_batches_from_the_calibration_distribution():
+    """2,000 batches of 100 normal scores against a calibration of 5,000: false alarms at the level, within
+    the binomial 99.9% bound, at 5% and 1%."""
+    rng = np.random.default_rng(0)
+    table = calibrate(rng.normal(size=5000), masks=1)
+    p_values = np.array([table.drift(rng.normal(size=100))[1] for _ in range(2000)])
+    for alpha in (0.05, 0.01):
+        bound = alpha + 3.3 * np.sqrt(alpha * (1 - alpha) / len(p_values))
+        assert np.mean(p_values < alpha) <= bound, alpha
+
+
+def test_drift_detects_a_shifted_batch_and_a_wider_one():
+    rng = np.random.default_rng(1)
+    table = calibrate(rng.normal(size=5000), masks=1)
+    shifted = np.mean([table.drift(rng.normal(0.5, 1.0, size=200))[1] < 0.01 for _ in range(200)])
+    wider = np.mean([table.drift(rng.normal(0.0, 1.6, size=200))[1] < 0.01 for _ in range(200)])
+    assert shifted > 0.95 and wider > 0.8, (shifted, wider)
+
+
+def test_drift_is_conservative_with_discrete_scores():
+    """Scores of a small binary model take few values: ties make the test conservative, never liberal."""
+    rng = np.random.default_rng(2)
+    table = calibrate(rng.integers(0, 5, size=5000).astype(float), masks=1)
+    p_values = np.array([table.drift(rng.integers(0, 5, size=100).astype(float))[1] for _ in range(1000)])
+    assert np.mean(p_values < 0.05) <= 0.05
+    # every score 2: the batch's CDF jumps 0 -> 1 there, the calibration's from P(<2) = 0.4 to P(<=2) = 0.6
+    statistic, _ = table.drift(np.full(100, 2.0))
+    assert statistic == pytest.approx(0.4, abs=0.03)
+
+
+def test_the_calibration_cdf_jumps_at_a_run_of_equal_scores():
+    table = calibrate(np.array([1.0] * 50 + [2.0] * 50), masks=1)
+    assert table.cdf(np.array([1.0]))[0] == pytest.approx(0.5, abs=0.02)  # P(score <= 1)
+    assert table.cdf(np.array([1.0]), left=True)[0] == 0.0  # P(score < 1)
+    assert table.cdf(np.array([0.5, 3.0])).tolist() == [0.0, 1.0]

@@ -38,11 +38,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health.router, models.router, inference.router, kserve.router):
         app.include_router(router)
     app.add_middleware(RequestTracking, access_log=settings.access_log)
-    _openapi_with_served_examples(app)
+    _openapi_with_served_examples(app, settings)
     return app
 
 
-def _openapi_with_served_examples(app: FastAPI) -> None:
+def _openapi_with_served_examples(app: FastAPI, settings: Settings) -> None:
     """/openapi.json: FastAPI's document with two fixes. Routes that read their own bodies document them
     with pydantic's schema (deps.body_docs), whose nested models sit in a local "$defs" while its $refs
     point at #/components/schemas: they are moved there, so every $ref resolves (tools build `sample` and
@@ -70,7 +70,7 @@ def _openapi_with_served_examples(app: FastAPI) -> None:
         )
         signature = tuple((m.name, m.version) for m in served)
         if built.get("signature") != signature or app.openapi_schema is None:
-            app.openapi_schema = _with_examples(copy.deepcopy(base()), served)
+            app.openapi_schema = _with_examples(copy.deepcopy(base()), served, settings.min_drift_rows)
             built["signature"] = signature
         return app.openapi_schema
 
@@ -80,24 +80,28 @@ def _openapi_with_served_examples(app: FastAPI) -> None:
 EXAMPLE_OPERATIONS = {
     "/v1/models/{name}/log-prob": "v1",
     "/v1/models/{name}/anomaly": "v1",
+    "/v1/models/{name}/drift": "v1",
     "/v2/models/{name}/infer": "v2",
     "/v2/models/{name}/versions/{version}/infer": "v2",
 }
+CALIBRATED_ONLY = ("/v1/models/{name}/anomaly", "/v1/models/{name}/drift")
 
 
-def _with_examples(schema: dict, served: list) -> dict:
-    """Named examples, one per served model: the path's `name` and a body of one row of zeros (in the
-    support of every likelihood), so each example is an answerable request for the model it names."""
+def _with_examples(schema: dict, served: list, drift_rows: int) -> dict:
+    """Named examples, one per served model: the path's `name` and a body of rows of zeros (in the support
+    of every likelihood: one row, or the `drift_rows` a drift check needs), so each example is an answerable
+    request for the model it names."""
     if not served:
         return schema
     for path, kind in EXAMPLE_OPERATIONS.items():
         operation = schema["paths"].get(path, {}).get("post")
         if operation is None:
             continue
-        models = [m for m in served if not path.endswith("anomaly") or m.calibration is not None]
+        models = [m for m in served if path not in CALIBRATED_ONLY or m.calibration is not None]
         row = {m.name: [0] * m.config.n_dims for m in models}
+        count = drift_rows if path.endswith("drift") else 1
         bodies = {
-            m.name: {"inputs": [row[m.name]]}
+            m.name: {"inputs": [row[m.name]] * count}
             if kind == "v1"
             else {
                 "inputs": [

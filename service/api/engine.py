@@ -27,7 +27,7 @@ from ..devices import resolve_device
 from ..made import draw_randomness, make_generator
 from ..made.conditional import draw_conditional_randomness
 from ..settings import Settings
-from . import compute, validation
+from . import compute, metrics, validation
 from .batcher import Batchers
 from .registry import ModelRegistry, ServedModel
 from .schemas import SampleRequest
@@ -50,6 +50,19 @@ class AnomalyResult:
     score: np.ndarray
     p_value: np.ndarray
     is_anomaly: np.ndarray
+
+
+@dataclass
+class DriftResult:
+    version: int
+    masks: int
+    rows: int
+    statistic: float
+    p_value: float
+    alpha: float
+    is_drift: bool
+    mean_score: float
+    calibration_mean_score: float
 
 
 @dataclass
@@ -181,6 +194,30 @@ class Engine:
             score,
             calibration.p_value(score),
             score > threshold,
+        )
+
+    async def drift(self, name: str, rows: np.ndarray, alpha: float, deadline: float) -> DriftResult:
+        """Whether a batch's anomaly scores come from the calibration distribution (two-sample KS)."""
+        served = self.registry.get(name)
+        calibration = validation.calibration(served)
+        validation.drift_rows(rows, self.settings.min_drift_rows)
+        validation.complete_rows(rows)
+        result = await self._log_prob(served, rows, calibration.masks, False, deadline)
+        score = -result.log_prob
+        statistic, p_value = calibration.drift(score)
+        is_drift = p_value < alpha
+        metrics.DRIFT_CHECKS.labels(model=name, result="drift" if is_drift else "no_drift").inc()
+        metrics.DRIFT_P_VALUE.labels(model=name).set(p_value)
+        return DriftResult(
+            result.version,
+            calibration.masks,
+            len(score),
+            statistic,
+            p_value,
+            alpha,
+            is_drift,
+            float(score.mean()),
+            calibration.mean,
         )
 
     async def sample(

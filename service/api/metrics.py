@@ -66,6 +66,17 @@ MODEL_STATE = Gauge(
     ["model", "state"],
     multiprocess_mode="livemax",
 )
+DRIFT_CHECKS = Counter(
+    "made_drift_checks_total",
+    "drift checks of a batch against the calibration, by outcome",
+    ["model", "result"],
+)
+DRIFT_P_VALUE = Gauge(
+    "made_drift_p_value",
+    "p-value of the model's latest drift check (with several workers: the smallest of their latest)",
+    ["model"],
+    multiprocess_mode="min",
+)
 MODEL_LOADS = Counter("made_model_loads_total", "model version loads, by result", ["model", "result"])
 MODEL_LOAD_DURATION = Gauge(
     "made_model_load_duration_seconds",
@@ -110,6 +121,8 @@ def initialise_model(model: str) -> None:
         ERRORS.labels(model=model, reason=reason)
     for operation in ("log_prob", "sample"):
         QUEUE_DEPTH.labels(model=model, operation=operation)
+    for result in ("drift", "no_drift"):
+        DRIFT_CHECKS.labels(model=model, result=result)
 
 
 def set_model_state(model: str, state: str) -> None:

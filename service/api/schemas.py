@@ -92,6 +92,30 @@ class AnomalyResponse(BaseModel):
     is_anomaly: list[bool]
 
 
+class DriftOptions(Strict):
+    alpha: Annotated[
+        float,
+        Field(gt=0, lt=1, description="significance level: is_drift when p_value < alpha"),
+    ] = 0.01
+
+
+class DriftRequest(DriftOptions):
+    inputs: Rows
+
+
+class DriftResponse(BaseModel):
+    model: str
+    version: int
+    masks: int
+    rows: int = Field(description="rows in the batch tested")
+    statistic: float = Field(description="Kolmogorov-Smirnov statistic: the largest gap between the CDFs")
+    p_value: float = Field(description="two-sample KS p-value against the model's calibration scores")
+    alpha: float
+    is_drift: bool = Field(description="p_value < alpha: the batch's scores are not from the calibration's")
+    mean_score: float = Field(description="mean anomaly score of the batch (calibration mean for contrast)")
+    calibration_mean_score: float
+
+
 class Observed(Strict):
     indices: list[Annotated[int, Field(ge=0)]] = Field(description="observed dimensions, counting from 0")
     values: list[float] = Field(description="their values, in the same order")

@@ -39,6 +39,16 @@ def complete_rows(rows: np.ndarray) -> None:
         )
 
 
+def drift_rows(rows: np.ndarray, minimum: int) -> None:
+    if rows.shape[0] < minimum:
+        raise InvalidInput(
+            f"a drift check needs at least {minimum} rows, got {rows.shape[0]}: a two-sample test on fewer "
+            "says little",
+            field="inputs",
+            limit=minimum,
+        )
+
+
 def masks(served: ServedModel, masks: int | None) -> int:
     """The ensemble size K to use: the model's default, or the one asked for if the model has it."""
     try:

@@ -254,8 +254,8 @@ def test_every_request_example_is_answered_by_the_model_it_names(server):
             answer = server.client.post(url, json=example["value"])
             assert answer.status_code == 200, (url, answer.text)
             answered += 1
-    # log-prob and both infer routes for the three models; anomaly for the two calibrated ones
-    assert answered == 3 * 3 + 2
+    # log-prob and both infer routes for the three models; anomaly and drift for the two calibrated ones
+    assert answered == 3 * 3 + 2 * 2
 
 
 def test_kserve_v2(server, repository):
@@ -305,3 +305,56 @@ def test_many_concurrent_clients_get_their_own_rows_in_order(server, repository)
     assert server.metric("made_batch_rows_count", model="tiny") < server.metric(
         "made_request_rows_count", model="tiny", operation="log_prob"
     )  # requests were merged
+
+
+def test_drift_keeps_its_level_on_inlier_batches_and_flags_a_shifted_one(server):
+    """The tiny model was calibrated on 300 rows of a Markov chain that keeps each bit with probability 0.9:
+    fresh batches of that chain are drift only at the level's rate; a chain that keeps bits with 0.6 is
+    drift."""
+    before = server.metric("made_drift_checks_total", model="tiny")
+    alarms = 0
+    for seed in range(20):
+        rows = markov_chain(200, 8, seed=100 + seed).int().tolist()
+        answer = server.client.post("/v1/models/tiny/drift", json={"inputs": rows, "alpha": 0.05})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["rows"] == 200 and body["alpha"] == 0.05 and 0 <= body["statistic"] <= 1
+        assert body["is_drift"] == (body["p_value"] < 0.05)
+        alarms += body["is_drift"]
+    assert alarms <= 4  # P(more than 4 of 20 at a true 5% level) < 0.3%
+
+    shifted = markov_chain(200, 8, stay=0.6, seed=7).numpy().astype(np.uint8)
+    npy = io.BytesIO()
+    np.save(npy, shifted)
+    answer = server.client.post(
+        "/v1/models/tiny/drift", content=npy.getvalue(), headers={"content-type": "application/x-npy"}
+    )
+    body = answer.json()
+    assert answer.status_code == 200 and body["is_drift"] and body["alpha"] == 0.01, body
+    assert body["mean_score"] > body["calibration_mean_score"]
+    assert server.metric("made_drift_checks_total", model="tiny") == before + 21
+    assert server.metric("made_drift_checks_total", model="tiny", result="drift") >= 1
+    assert server.metric("made_drift_p_value", model="tiny") == pytest.approx(body["p_value"])
+
+
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        ({"inputs": [[0, 1] * 4] * 10}, 422, "at least 30 rows"),
+        ({"inputs": [[0, 1] * 4] * 40, "alpha": 1.5}, 422, "alpha"),
+        ({"inputs": [[0, 1] * 4] * 40, "alpha": "0.1"}, 422, "alpha"),
+        ({"inputs": [[0, 1, 1]] * 40}, 422, "expects 8"),
+        ({"inputs": [[0, 1, None, 0, 1, 0, 1, 0]] * 40}, 422, "complete rows"),
+        ({"inputs": []}, 422, "empty"),
+    ],
+    ids=["too few rows", "alpha out of range", "alpha as a string", "wrong width", "missing value", "empty"],
+)
+def test_bad_drift_requests_get_a_clear_4xx(server, body, status, fragment):
+    answer = server.client.post("/v1/models/tiny/drift", json=body)
+    assert answer.status_code == status, answer.text
+    assert fragment in answer.json()["error"]["message"], answer.json()
+
+
+def test_drift_needs_a_calibrated_model(server):
+    answer = server.client.post("/v1/models/gauss/drift", json={"inputs": [[4.0, 4.0, 4.0]] * 40})
+    assert answer.status_code == 409 and answer.json()["error"]["code"] == "not_calibrated"

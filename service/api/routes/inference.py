@@ -1,4 +1,4 @@
-"""POST /v1/models/{name}/log-prob, /anomaly and /sample: parse, call the engine, shape the answer."""
+"""POST /v1/models/{name}/log-prob, /anomaly, /drift and /sample: parse, call the engine, shape the answer."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ from ..schemas import (
     AnomalyOptions,
     AnomalyRequest,
     AnomalyResponse,
+    DriftOptions,
+    DriftRequest,
+    DriftResponse,
     LogProbOptions,
     LogProbRequest,
     LogProbResponse,
@@ -116,6 +119,35 @@ async def anomaly(name: str, request: Request, engine: EngineDep, deadline: Dead
             "is_anomaly": result.is_anomaly,
         },
         headers=headers,
+    )
+
+
+@router.post(
+    "/{name}/drift",
+    response_model=DriftResponse,
+    responses=responses(*ERRORS, NotCalibrated),
+    openapi_extra=body_docs(DriftRequest, npy=True, query=DriftOptions),
+)
+async def drift(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
+    """Has the data drifted? A two-sample Kolmogorov-Smirnov test of the batch's anomaly scores against the
+    model's calibration scores: `is_drift` when the p-value is below `alpha` (default 0.01). At least
+    `min_drift_rows` rows (default 30)."""
+    options, rows = await read_rows_and_options(request, engine, DriftOptions)
+    result = await engine.drift(name, rows, options.alpha, deadline)
+    return codecs.json_response(
+        {
+            "model": name,
+            "version": result.version,
+            "masks": result.masks,
+            "rows": result.rows,
+            "statistic": result.statistic,
+            "p_value": result.p_value,
+            "alpha": result.alpha,
+            "is_drift": result.is_drift,
+            "mean_score": result.mean_score,
+            "calibration_mean_score": result.calibration_mean_score,
+        },
+        headers={"X-Model-Version": str(result.version)},
     )
 
 
