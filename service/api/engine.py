@@ -177,9 +177,11 @@ class Engine:
         conditionals = result[1].numpy() if per_dimension else None
         return LogProbResult(served.version, K, result[0].numpy(), conditionals)
 
-    async def anomaly(self, name: str, rows: np.ndarray, fpr: float | None, deadline: float) -> AnomalyResult:
+    async def anomaly(
+        self, name: str, rows: np.ndarray, fpr: float | None, deadline: float, version: str | None = None
+    ) -> AnomalyResult:
         """Scores (negative log-likelihood), p-values and flags against the version's own calibration."""
-        served = self.registry.get(name)
+        served = self.registry.get(name, version)
         calibration = validation.calibration(served)
         validation.complete_rows(rows)
         result = await self._log_prob(served, rows, calibration.masks, False, deadline)

@@ -41,18 +41,25 @@ DTYPES = {
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
 }
-OUTPUTS = ("log_prob",)
+# every output a model can answer with, and its datatype; the anomaly outputs need a calibrated model
+OUTPUTS = {"log_prob": "FP64", "anomaly_score": "FP64", "p_value": "FP64", "is_anomaly": "BOOL"}
+ANOMALY_OUTPUTS = ("anomaly_score", "p_value", "is_anomaly")
 
 
 @dataclass
 class InferInput:
-    """What an infer request asks for, checked: the rows, and the options the protocol carries."""
+    """What an infer request asks for, checked: the rows, the outputs, and the protocol's options."""
 
     id: str | None
     rows: np.ndarray  # (N, D)
     masks: int | None
+    fpr: float | None  # parameters.fpr: the anomaly threshold's false-positive rate
     timeout_s: float | None  # parameters.timeout (microseconds in the protocol)
-    binary_outputs: bool  # answer log_prob as raw bytes after a JSON header
+    outputs: list[tuple[str, bool]]  # (name, as raw bytes after the JSON header), in the order asked
+
+    @property
+    def anomaly(self) -> bool:
+        return any(name in ANOMALY_OUTPUTS for name, _ in self.outputs)
 
 
 def _integer(parameters: dict, key: str, where: str) -> int | None:
@@ -108,25 +115,37 @@ def read_infer_request(body: bytes, header_length: str | None) -> InferInput:
     timeout_us = _integer(parameters, "timeout", "parameters")
     if timeout_us is not None and timeout_us <= 0:
         raise InvalidInput("parameters.timeout must be a positive number of microseconds")
+    fpr = parameters.get("fpr")
+    if fpr is not None and (isinstance(fpr, bool) or not isinstance(fpr, int | float) or not 0 < fpr < 1):
+        raise InvalidInput("parameters.fpr must be a number between 0 and 1")
     binary_outputs = bool(_flag(parameters, "binary_data_output", "parameters"))
+    outputs = []
     for output in request.outputs or []:
         if output.name not in OUTPUTS:
             raise InvalidInput(
-                f"unknown output {output.name!r}; this model has {', '.join(map(repr, OUTPUTS))}"
+                f"unknown output {output.name!r}; the outputs are {', '.join(map(repr, OUTPUTS))}"
             )
         unknown = set(output.parameters or {}) - {"binary_data"}
         if unknown:
             raise InvalidInput(f"output parameters {sorted(unknown)} are not supported (only binary_data)")
         per_output = _flag(output.parameters or {}, "binary_data", "output parameters")
-        if per_output is not None:  # an output's own choice wins over the request's
-            binary_outputs = per_output
-    return InferInput(
+        # an output's own choice wins over the request's
+        outputs.append((output.name, binary_outputs if per_output is None else per_output))
+    if len({name for name, _ in outputs}) != len(outputs):
+        raise InvalidInput("an output is named twice")
+    infer = InferInput(
         request.id,
         values.reshape(tensor.shape),
         masks,
+        fpr,
         None if timeout_us is None else timeout_us / 1e6,
-        binary_outputs,
+        outputs or [("log_prob", binary_outputs)],
     )
+    if infer.anomaly and masks is not None:
+        raise InvalidInput(
+            "parameters.masks cannot be chosen with anomaly outputs: they use the calibration's"
+        )
+    return infer
 
 
 def _binary_values(data, binary: bytes, size: int, count: int, dtype: np.dtype, shape) -> np.ndarray:
@@ -155,19 +174,27 @@ def _json_values(data, count: int, shape) -> np.ndarray:
 
 
 def infer_response(
-    name: str, version: int, request: InferInput, masks: int, log_prob: np.ndarray
+    name: str, version: int, request: InferInput, parameters: dict, values: dict[str, np.ndarray]
 ) -> Response:
-    output = {"name": "log_prob", "datatype": "FP64", "shape": [len(log_prob)]}
-    answer = {
-        "model_name": name,
-        "model_version": str(version),
-        "id": request.id,
-        "parameters": {"masks": masks},
-    }
-    if not request.binary_outputs:
-        return codecs.json_response(answer | {"outputs": [output | {"data": log_prob}]})
-    data = np.ascontiguousarray(log_prob, dtype=DTYPES["FP64"]).tobytes()
-    header = orjson.dumps(answer | {"outputs": [output | {"parameters": {"binary_data_size": len(data)}}]})
+    """The outputs asked for, in their order: JSON data, or raw bytes after the JSON header for those asked
+    in binary (then the whole answer is application/octet-stream with Inference-Header-Content-Length)."""
+    answer = {"model_name": name, "model_version": str(version), "id": request.id, "parameters": parameters}
+    outputs, chunks = [], []
+    for output_name, binary in request.outputs:
+        datatype = OUTPUTS[output_name]
+        value = values[output_name]
+        output = {"name": output_name, "datatype": datatype, "shape": [len(value)]}
+        if binary:
+            data = np.ascontiguousarray(value, dtype=DTYPES[datatype]).tobytes()
+            chunks.append(data)
+            outputs.append(output | {"parameters": {"binary_data_size": len(data)}})
+        else:
+            outputs.append(output | {"data": value})
+    if not chunks:
+        return codecs.json_response(answer | {"outputs": outputs})
+    header = orjson.dumps(answer | {"outputs": outputs}, option=orjson.OPT_SERIALIZE_NUMPY)
     return Response(
-        header + data, media_type=OCTET_STREAM, headers={"Inference-Header-Content-Length": str(len(header))}
+        b"".join([header, *chunks]),
+        media_type=OCTET_STREAM,
+        headers={"Inference-Header-Content-Length": str(len(header))},
     )

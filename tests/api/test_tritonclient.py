@@ -58,7 +58,12 @@ def test_model_metadata_with_and_without_a_version(triton):
         metadata = triton.get_model_metadata("tiny", model_version=version)
         assert metadata["name"] == "tiny" and metadata["versions"] == ["1"]
         assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 8]}]
-        assert metadata["outputs"] == [{"name": "log_prob", "datatype": "FP64", "shape": [-1]}]
+        assert metadata["outputs"] == [
+            {"name": "log_prob", "datatype": "FP64", "shape": [-1]},
+            {"name": "anomaly_score", "datatype": "FP64", "shape": [-1]},  # tiny is calibrated
+            {"name": "p_value", "datatype": "FP64", "shape": [-1]},
+            {"name": "is_anomaly", "datatype": "BOOL", "shape": [-1]},
+        ]
     with pytest.raises(InferenceServerException, match="not served"):
         triton.get_model_metadata("tiny", model_version="2")
 
@@ -106,3 +111,44 @@ def test_errors_reach_the_client_as_the_protocol_says(triton):
     tensor.set_data_from_numpy(np.zeros((1, 5), np.float32), binary_data=True)
     with pytest.raises(InferenceServerException, match="expects 8"):
         triton.infer("tiny", [tensor])
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+@pytest.mark.parametrize("version", ["", "1"], ids=["no version", "version 1"])
+def test_anomaly_outputs_equal_v1_anomaly(server, triton, binary, version):
+    """A KServe/Triton client gets anomaly answers without the /v1 routes: anomaly_score, p_value and
+    is_anomaly (BOOL), with the threshold's fpr as a parameter."""
+    expected = server.client.post(
+        "/v1/models/tiny/anomaly", json={"inputs": ROWS.tolist(), "fpr": 0.2}
+    ).json()
+    tensor = httpclient.InferInput("input", list(ROWS.shape), "UINT8")
+    tensor.set_data_from_numpy(ROWS.astype(np.uint8), binary_data=binary)
+    names = ("is_anomaly", "anomaly_score", "p_value", "log_prob")  # any order, answered in that order
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in names]
+    result = triton.infer("tiny", [tensor], outputs=outputs, parameters={"fpr": 0.2}, model_version=version)
+    response = result.get_response()
+    assert [o["name"] for o in response["outputs"]] == list(names)
+    assert (
+        response["parameters"]["fpr"] == 0.2 and response["parameters"]["threshold"] == expected["threshold"]
+    )
+    np.testing.assert_allclose(result.as_numpy("anomaly_score"), expected["score"], rtol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("p_value"), expected["p_value"], rtol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("log_prob"), -np.array(expected["score"]), rtol=1e-6)
+    flags = result.as_numpy("is_anomaly")
+    assert flags.dtype == bool and flags.tolist() == expected["is_anomaly"]
+
+
+def test_anomaly_outputs_need_a_calibrated_model_and_the_calibrations_masks(triton):
+    tensor = httpclient.InferInput("input", [1, 3], "FP32")
+    tensor.set_data_from_numpy(np.full((1, 3), 4.0, np.float32), binary_data=True)
+    with pytest.raises(InferenceServerException, match="calibration") as uncalibrated:
+        triton.infer("gauss", [tensor], outputs=[httpclient.InferRequestedOutput("p_value")])
+    assert uncalibrated.value.status() == "409"
+    with pytest.raises(InferenceServerException, match="masks cannot be chosen"):
+        tiny = httpclient.InferInput("input", list(ROWS.shape), "FP32")
+        tiny.set_data_from_numpy(ROWS.astype(np.float32))
+        triton.infer(
+            "tiny", [tiny], outputs=[httpclient.InferRequestedOutput("is_anomaly")], parameters={"masks": 1}
+        )
+    with pytest.raises(InferenceServerException, match="fpr must be a number between 0 and 1"):
+        infer(triton, parameters={"fpr": 2})

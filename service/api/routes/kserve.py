@@ -22,6 +22,7 @@ from ..errors import (
     MalformedRequest,
     ModelNotFound,
     ModelNotReady,
+    NotCalibrated,
     PayloadTooLarge,
     QueueFull,
     UnsupportedMediaType,
@@ -40,6 +41,7 @@ MODEL_READY_DOCS = {
 } | v2_responses(ModelNotFound)
 INFER_ERRORS = (
     MalformedRequest,
+    NotCalibrated,
     ModelNotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -91,7 +93,11 @@ def _metadata(engine: Engine, name: str, version: str | None) -> V2ModelMetadata
         versions=[str(v) for v in engine.registry.versions(name)] if version is None else [version],
         platform="pytorch_made",
         inputs=[{"name": "input", "datatype": "FP32", "shape": [-1, served.config.n_dims]}],
-        outputs=[{"name": "log_prob", "datatype": "FP64", "shape": [-1]}],
+        outputs=[
+            {"name": output, "datatype": datatype, "shape": [-1]}
+            for output, datatype in v2_codec.OUTPUTS.items()
+            if served.calibration is not None or output not in v2_codec.ANOMALY_OUTPUTS
+        ],
     )
 
 
@@ -110,8 +116,20 @@ async def _infer(
     infer = v2_codec.read_infer_request(body, header_length)
     if infer.timeout_s is not None:
         deadline = min(deadline, engine.deadline(infer.timeout_s))
+    if infer.anomaly:
+        anomaly = await engine.anomaly(name, infer.rows, infer.fpr, deadline, version=version)
+        parameters = {"masks": anomaly.masks, "fpr": anomaly.fpr, "threshold": anomaly.threshold}
+        values = {
+            "log_prob": -anomaly.score,
+            "anomaly_score": anomaly.score,
+            "p_value": anomaly.p_value,
+            "is_anomaly": anomaly.is_anomaly,
+        }
+        return v2_codec.infer_response(name, anomaly.version, infer, parameters, values)
     result = await engine.log_prob(name, infer.rows, infer.masks, False, deadline, version=version)
-    return v2_codec.infer_response(name, result.version, infer, result.masks, result.log_prob)
+    return v2_codec.infer_response(
+        name, result.version, infer, {"masks": result.masks}, {"log_prob": result.log_prob}
+    )
 
 
 @router.get("/models/{name}", response_model=V2ModelMetadata, responses=v2_responses(*MODEL_ERRORS))
