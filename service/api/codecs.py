@@ -215,17 +215,39 @@ def png_grid(
         tiles[:, ~seen] = dark + grey[:, ~seen][..., None] / 255.0 * (light - dark)
         query = np.where(seen[..., None], tiles[0], MISSING_RGB)
         tiles = np.concatenate([query[None], tiles])
-    n = len(tiles)
-    columns = math.ceil(math.sqrt(n))
+    return _tile_png(tiles, math.ceil(math.sqrt(len(tiles))), scale, colour=observed is not None)
+
+
+def heatmap_png(rows: np.ndarray, features: np.ndarray, shape: list[int], low: float, high: float) -> bytes:
+    """Each row as a pair of tiles: the input in grey, then where its anomaly score comes from, each pixel's
+    part of it from black (none) through red to yellow (that row's largest part: every row shows where its
+    own score lies, whatever its size; the scores are in the headers and JSON). Parts below zero count as
+    none."""
+    if len(shape) != 2:
+        raise NotAcceptable(f"image/png needs a model with a 2-D input_shape; this one has {shape}")
+    height, width = shape
+    grey = np.clip((rows.reshape(-1, height, width) - low) / ((high - low) or 1.0), 0, 1) * 255
+    heat = np.clip(features.reshape(-1, height, width), 0, None)
+    heat = heat / np.maximum(heat.max(axis=(1, 2), keepdims=True), 1e-12)  # (n, H, W) in 0..1, per row
+    # black -> red over the first half, red -> yellow over the second
+    coloured = (
+        np.stack([np.minimum(heat * 2, 1), np.clip(heat * 2 - 1, 0, 1), np.zeros_like(heat)], axis=-1) * 255
+    )
+    pairs = np.stack([np.repeat(grey[..., None], 3, axis=3), coloured], axis=1).reshape(-1, height, width, 3)
+    pairs_per_line = math.ceil(math.sqrt(len(rows)))
+    return _tile_png(pairs, 2 * pairs_per_line, scale=2, colour=True)
+
+
+def _tile_png(tiles: np.ndarray, columns: int, scale: int, colour: bool) -> bytes:
+    """(n, H, W, 3) tiles on a grey grid, `columns` to a line, 1-pixel gaps, as a PNG (grey or colour)."""
+    n, height, width = tiles.shape[:3]
     rows = math.ceil(n / columns)
     grid = np.full((rows * (height + 1) + 1, columns * (width + 1) + 1, 3), 128, dtype=np.uint8)
     for i in range(n):
         r, c = divmod(i, columns)
         top, left = 1 + r * (height + 1), 1 + c * (width + 1)
         grid[top : top + height, left : left + width] = tiles[i].astype(np.uint8)
-    image = Image.fromarray(
-        grid if observed is not None else grid[..., 0], mode="RGB" if observed is not None else "L"
-    )
+    image = Image.fromarray(grid if colour else grid[..., 0], mode="RGB" if colour else "L")
     if scale > 1:
         image = image.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
     buffer = io.BytesIO()

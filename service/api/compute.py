@@ -40,6 +40,23 @@ def log_prob(served: ServedModel, masks: int, per_dimension: bool, marginal: boo
     return compute
 
 
+def feature_scores(served: ServedModel, masks: int) -> Compute:
+    """Payload (x,): float64 results (log p(x), (N, D) per-dimension anomaly scores)."""
+
+    def compute(payloads: Sequence[Tensors]) -> list[Tensors]:
+        sizes = [rows_of(p) for p in payloads]
+        x = torch.cat([p[0] for p in payloads]).to(served.device)
+        with torch.inference_mode():
+            outputs = (
+                served.model.log_prob(x, masks=masks).double(),
+                served.model.feature_scores(x, masks).double(),
+            )
+        split = [t.cpu().split(sizes) for t in outputs]
+        return [tuple(s[i] for s in split) for i in range(len(sizes))]
+
+    return compute
+
+
 def sample(served: ServedModel, cuda_graphs: bool) -> Compute:
     """Payload: one request's Randomness (drawn when it arrived, so merging does not change its samples)."""
 

@@ -50,6 +50,8 @@ class AnomalyResult:
     score: np.ndarray
     p_value: np.ndarray
     is_anomaly: np.ndarray
+    per_feature: np.ndarray | None = None  # (N, D) each dimension's part of the score
+    image: SampleImage | None = None  # the rows as images, for a heat-map grid
 
 
 @dataclass
@@ -178,24 +180,48 @@ class Engine:
         return LogProbResult(served.version, K, result[0].numpy(), conditionals)
 
     async def anomaly(
-        self, name: str, rows: np.ndarray, fpr: float | None, deadline: float, version: str | None = None
+        self,
+        name: str,
+        rows: np.ndarray,
+        fpr: float | None,
+        deadline: float,
+        version: str | None = None,
+        per_feature: bool = False,
+        image: bool = False,
     ) -> AnomalyResult:
-        """Scores (negative log-likelihood), p-values and flags against the version's own calibration."""
+        """Scores (negative log-likelihood), p-values and flags against the version's own calibration; with
+        `per_feature`, each dimension's part of the score; `image`: also what a heat-map PNG needs."""
         served = self.registry.get(name, version)
         calibration = validation.calibration(served)
+        if image:
+            validation.image_shape(served)
         validation.complete_rows(rows)
-        result = await self._log_prob(served, rows, calibration.masks, False, deadline)
+        features = None
+        if per_feature or image:
+            x = validation.rows(served, rows, self.settings.max_request_rows)
+            batcher = self.batchers.get(
+                served,
+                "log_prob",
+                ("features", calibration.masks),
+                compute.feature_scores(served, calibration.masks),
+            )
+            log_prob, features = await batcher.submit((x,), deadline)
+            log_prob, features = log_prob.numpy(), features.numpy()
+        else:
+            log_prob = (await self._log_prob(served, rows, calibration.masks, False, deadline)).log_prob
         fpr = calibration.default_fpr if fpr is None else fpr
         threshold = calibration.threshold(fpr)
-        score = -result.log_prob
+        score = -log_prob
         return AnomalyResult(
-            result.version,
+            served.version,
             calibration.masks,
             fpr,
             threshold,
             score,
             calibration.p_value(score),
             score > threshold,
+            features,
+            self._image(served, rows.astype(np.float64), None) if image else None,
         )
 
     async def drift(self, name: str, rows: np.ndarray, alpha: float, deadline: float) -> DriftResult:

@@ -73,6 +73,9 @@ class AnomalyOptions(Strict):
             description="false-positive rate for the threshold (default: the model's calibration default)",
         ),
     ] = None
+    per_feature: bool = Field(
+        False, description="also each dimension's part of the score, -log p(x_d | x_<d) over the masks"
+    )
 
 
 class AnomalyRequest(AnomalyOptions):
@@ -90,6 +93,11 @@ class AnomalyResponse(BaseModel):
     score: list[float] = Field(description="negative log-likelihood per row, nats")
     p_value: list[float] = Field(description="fraction of calibration rows scoring at least as high")
     is_anomaly: list[bool]
+    per_feature: list[list[float]] | None = Field(
+        None,
+        description="(rows, D) each dimension's part of the score, input order (with per_feature); they "
+        "sum to the score when the masks share one ordering, else to the masks' mean NLL",
+    )
 
 
 class DriftOptions(Strict):

@@ -126,6 +126,18 @@ class Density(nn.Module):
         conditionals[:, ordering] = by_position
         return conditionals
 
+    def feature_scores(self, x: torch.Tensor, masks: int | None = None) -> torch.Tensor:
+        """(B, D) each dimension's part of the anomaly score, -log p(x_d | x_<d), in input order.
+
+        With one ordering across the K components these are the ensemble's own conditionals: they sum to
+        -log p(x). Components with different orderings have no common x_<d; then each dimension gets the
+        mean over components of its conditional under each, so the attribution does not hang on one
+        ordering. Those sum to the components' mean NLL, which is at least -log p(x) (Jensen)."""
+        K = self.resolve_masks(masks)
+        if K == 1 or self.shares_ordering(K):
+            return -self.conditional_log_probs(x, K)
+        return -torch.stack([self.conditionals_for_mask(x, k) for k in range(K)]).mean(dim=0)
+
 
 class MADEDensity(Density):
     """One MADE network and its likelihood head: the components are the network's stored masks."""

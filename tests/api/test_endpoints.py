@@ -358,3 +358,46 @@ def test_bad_drift_requests_get_a_clear_4xx(server, body, status, fragment):
 def test_drift_needs_a_calibrated_model(server):
     answer = server.client.post("/v1/models/gauss/drift", json={"inputs": [[4.0, 4.0, 4.0]] * 40})
     assert answer.status_code == 409 and answer.json()["error"]["code"] == "not_calibrated"
+
+
+def test_per_feature_anomaly_scores_in_json_npy_and_a_heat_map(server):
+    rows = markov_chain(5, 8, seed=3).int().tolist()
+    # one mask, one ordering: the parts are the conditionals and sum to the score exactly
+    fixed = server.client.post(
+        "/v1/models/tiny-fixed/anomaly", json={"inputs": rows, "per_feature": True}
+    ).json()
+    parts = np.array(fixed["per_feature"])
+    assert parts.shape == (5, 8)
+    np.testing.assert_allclose(parts.sum(axis=1), fixed["score"], rtol=1e-6)
+    # masks with different orderings: each part is the mean over masks, summing to the masks' mean NLL
+    mixed = server.client.post("/v1/models/tiny/anomaly", json={"inputs": rows, "per_feature": True}).json()
+    assert np.all(np.array(mixed["per_feature"]).sum(axis=1) >= np.array(mixed["score"]) - 1e-6)
+    plain = server.client.post("/v1/models/tiny/anomaly", json={"inputs": rows}).json()
+    assert "per_feature" not in plain and plain["score"] == pytest.approx(mixed["score"])
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.array(rows, dtype=np.uint8))
+    npy = server.client.post(
+        "/v1/models/tiny-fixed/anomaly?per_feature=true",
+        content=buffer.getvalue(),
+        headers={"content-type": "application/x-npy", "accept": "application/x-npy"},
+    )
+    table = np.load(io.BytesIO(npy.content))
+    assert table["per_feature"].shape == (5, 8)
+    np.testing.assert_allclose(table["per_feature"], parts)
+
+    png = server.client.post(
+        "/v1/models/tiny-fixed/anomaly", json={"inputs": rows}, headers={"accept": "image/png"}
+    )
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.headers["x-threshold"] == repr(fixed["threshold"])
+
+
+def test_a_heat_map_needs_an_image_shape_and_per_feature_a_boolean(server):
+    no_shape = server.client.post(
+        "/v1/models/gauss/anomaly", json={"inputs": [[4.0, 4.0, 4.0]]}, headers={"accept": "image/png"}
+    )
+    assert no_shape.status_code == 409  # not calibrated comes first; the shape is checked after
+    answer = server.client.post("/v1/models/tiny/anomaly", json={"inputs": [[0] * 8], "per_feature": "yes"})
+    assert answer.status_code == 422 and "per_feature" in answer.json()["error"]["message"]

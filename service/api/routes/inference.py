@@ -84,28 +84,52 @@ async def log_prob(name: str, request: Request, engine: EngineDep, deadline: Dea
     "/{name}/anomaly",
     response_model=AnomalyResponse,
     responses=responses(*ERRORS, NotCalibrated),
-    openapi_extra=body_docs(AnomalyRequest, npy=True, query=AnomalyOptions),
+    openapi_extra=body_docs(AnomalyRequest, npy=True, query=AnomalyOptions)
+    | {
+        "responses": {
+            "200": {
+                "content": {
+                    codecs.JSON: {},
+                    codecs.NPY: {},
+                    codecs.PNG: {"schema": {"type": "string", "format": "binary"}},
+                }
+            }
+        }
+    },
 )
 async def anomaly(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """Anomaly score (negative log-likelihood), p-value against the model's calibration data, and a flag at
-    the threshold for the requested false-positive rate. `Accept: application/x-npy` answers with a
-    structured array (score, p_value, is_anomaly)."""
-    accept = codecs.wants(request, codecs.JSON, codecs.NPY)
+    the threshold for the requested false-positive rate; with `per_feature`, each dimension's part of the
+    score. `Accept: application/x-npy` answers with a structured array (score, p_value, is_anomaly, and
+    per_feature); `Accept: image/png`, for a model with a 2-D input shape, with a heat-map grid: each row,
+    then where its score comes from."""
+    accept = codecs.wants(request, codecs.JSON, codecs.NPY, codecs.PNG)
     options, rows = await read_rows_and_options(request, engine, AnomalyOptions)
-    result = await engine.anomaly(name, rows, options.fpr, deadline)
+    result = await engine.anomaly(
+        name, rows, options.fpr, deadline, per_feature=options.per_feature, image=accept == codecs.PNG
+    )
     headers = {
         "X-Model-Version": str(result.version),
         "X-Masks": str(result.masks),
         "X-Threshold": repr(result.threshold),
         "X-FPR": repr(result.fpr),
     }
+    if accept == codecs.PNG:
+        image = result.image
+        png = codecs.heatmap_png(image.values, result.per_feature, image.shape, image.low, image.high)
+        return Response(png, media_type=codecs.PNG, headers=headers)
     if accept == codecs.NPY:
-        table = np.empty(len(result.score), dtype=[("score", "<f8"), ("p_value", "<f8"), ("is_anomaly", "?")])
+        fields = [("score", "<f8"), ("p_value", "<f8"), ("is_anomaly", "?")]
+        if result.per_feature is not None:
+            fields.append(("per_feature", "<f8", (result.per_feature.shape[1],)))
+        table = np.empty(len(result.score), dtype=fields)
         table["score"], table["p_value"], table["is_anomaly"] = (
             result.score,
             result.p_value,
             result.is_anomaly,
         )
+        if result.per_feature is not None:
+            table["per_feature"] = result.per_feature
         return codecs.npy_response(table, headers)
     return codecs.json_response(
         {
@@ -117,6 +141,7 @@ async def anomaly(name: str, request: Request, engine: EngineDep, deadline: Dead
             "score": result.score,
             "p_value": result.p_value,
             "is_anomaly": result.is_anomaly,
+            **({"per_feature": result.per_feature} if result.per_feature is not None else {}),
         },
         headers=headers,
     )
