@@ -19,6 +19,7 @@ split only (test splits are not provided). Progress on stderr.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shlex
@@ -38,6 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from anomaly_scores import auroc, nll_of, upper_p  # noqa: E402  (a sibling script)
 
 from service import checkpoint  # noqa: E402
+from service.calibration import calibrate  # noqa: E402
 from service.context_model import ContextModel  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"
@@ -158,6 +160,9 @@ def main() -> None:
 
     methods = ["MADE nll", "MADE nll or nll - context", "IForest", "KNN", "ECOD", "PCA"]
     table = {m: {} for m in methods}
+    # calibration check: thresholds from one third of each digit's validation rows, false positives counted
+    # on another third (the union's own p-values come from the remaining third)
+    false_positives = {(name, fpr): [0, 0] for name in methods[:2] for fpr in (0.01, 0.05)}
     for k in digits:
         log(f"digit {k}")
         train = train_all[data["train_y"] == k][:max_rows]
@@ -168,6 +173,15 @@ def main() -> None:
         nll = nll_of(model, x)
         corrected = nll - ContextModel.fit(torch.from_numpy(train).float(), (28, 28)).code_length(x).numpy()
         union = -np.log(np.minimum(upper_p(nll, nll[reference]), upper_p(corrected, corrected[reference])))
+        third = index % 3
+        part_a, part_b, part_c = [(labels == k) & (third == t) for t in range(3)]
+        union_a = -np.log(np.minimum(upper_p(nll, nll[part_a]), upper_p(corrected, corrected[part_a])))
+        for name, score in (("MADE nll", nll), ("MADE nll or nll - context", union_a)):
+            for fpr in (0.01, 0.05):
+                threshold = calibrate(score[part_b], masks=1).threshold(fpr)
+                counts = false_positives[(name, fpr)]
+                counts[0] += int(np.sum(score[part_c] > threshold))
+                counts[1] += int(np.sum(part_c))
         scores = {"MADE nll": nll, "MADE nll or nll - context": union} | baselines(train, valid, args.seed)
         for name, s in scores.items():
             table[name][k] = auroc(s[inlier], s[outlier])
@@ -180,12 +194,37 @@ def main() -> None:
         values = [table[name][k] for k in digits]
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + f" | **{np.mean(values):.3f}** |")
     print()
+    print("Calibration: observed false-positive rate on held-out inliers (all digits pooled)")
+    print()
+    print("| score | requested fpr | flagged / inliers | observed | binomial 95% interval of the request |")
+    print("|---|---|---|---|---|")
+    for (name, fpr), (flagged, total) in false_positives.items():
+        low, high = binomial_interval(fpr, total)
+        inside = "inside" if low <= flagged / total <= high else "**outside**"
+        print(
+            f"| {name} | {fpr} | {flagged} / {total} | {flagged / total:.4f} "
+            f"| {low:.4f}-{high:.4f} ({inside}) |"
+        )
+    print()
     print(
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}. Command: {shlex.join(sys.argv)}"
     )
     if args.plot:
         plot(table, digits, methods, Path(args.plot))
+
+
+def binomial_interval(rate: float, n: int) -> tuple[float, float]:
+    """Where the observed fraction of n inliers falls 95% of the time if the true rate is `rate`: the
+    central 95% of Binomial(n, rate) / n, from its exact distribution."""
+    k = np.arange(n + 1)
+    log_pmf = (
+        np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in k])
+        + k * math.log(rate)
+        + (n - k) * math.log1p(-rate)
+    )
+    cdf = np.cumsum(np.exp(log_pmf))
+    return float(np.searchsorted(cdf, 0.025) / n), float(np.searchsorted(cdf, 0.975) / n)
 
 
 def plot(table: dict, digits: list[int], methods: list[str], path: Path) -> None:
