@@ -38,6 +38,18 @@ from ..schemas import (
     SampleResponse,
 )
 
+# the 200 answer of routes that also draw images (Accept: image/png)
+ANSWERS_JSON_NPY_OR_PNG = {
+    "responses": {
+        "200": {
+            "content": {
+                codecs.JSON: {},
+                codecs.NPY: {},
+                codecs.PNG: {"schema": {"type": "string", "format": "binary"}},
+            }
+        }
+    }
+}
 router = APIRouter(prefix="/v1/models", tags=["inference"])
 ERRORS = (
     MalformedRequest,
@@ -84,18 +96,7 @@ async def log_prob(name: str, request: Request, engine: EngineDep, deadline: Dea
     "/{name}/anomaly",
     response_model=AnomalyResponse,
     responses=responses(*ERRORS, NotCalibrated),
-    openapi_extra=body_docs(AnomalyRequest, npy=True, query=AnomalyOptions)
-    | {
-        "responses": {
-            "200": {
-                "content": {
-                    codecs.JSON: {},
-                    codecs.NPY: {},
-                    codecs.PNG: {"schema": {"type": "string", "format": "binary"}},
-                }
-            }
-        }
-    },
+    openapi_extra=body_docs(AnomalyRequest, npy=True, query=AnomalyOptions) | ANSWERS_JSON_NPY_OR_PNG,
 )
 async def anomaly(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """Anomaly score (negative log-likelihood), p-value against the model's calibration data, and a flag at
@@ -180,18 +181,7 @@ async def drift(name: str, request: Request, engine: EngineDep, deadline: Deadli
     "/{name}/sample",
     response_model=SampleResponse,
     responses=responses(*ERRORS),
-    openapi_extra=body_docs(SampleRequest)
-    | {
-        "responses": {
-            "200": {
-                "content": {
-                    codecs.JSON: {},
-                    codecs.NPY: {},
-                    codecs.PNG: {"schema": {"type": "string", "format": "binary"}},
-                }
-            }
-        }
-    },
+    openapi_extra=body_docs(SampleRequest) | ANSWERS_JSON_NPY_OR_PNG,
 )
 async def sample(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """Draw n samples; the same seed gives the same samples. With `observed`, draw n completions of a
