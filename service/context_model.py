@@ -35,38 +35,31 @@ class ContextModel(nn.Module):
         self.n_dims = n_dims
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.register_buffer("p_one", torch.full((N_CONTEXTS,), 0.5, dtype=torch.float64))  # (2^10,)
-        self.register_buffer("kernel", self._kernel())
-
-    def _kernel(self) -> torch.Tensor:
-        """The template as a convolution kernel whose weights are the bits' powers of two: convolving the
-        padded input gives every position's context index at once."""
-        if self.input_shape is None:
-            kernel = torch.zeros(1, 1, ORDER_1D + 1)  # taps at lags ORDER_1D..0; the last is the position
-            for lag in range(1, ORDER_1D + 1):
-                kernel[0, 0, ORDER_1D - lag] = 2.0 ** (lag - 1)
-            return kernel
-        kernel = torch.zeros(1, 1, 3, 9)  # rows -2..0, columns -4..4; the pixel itself at [2, 4]
-        for bit, (dr, dc) in enumerate(TEMPLATE_2D):
-            kernel[0, 0, 2 + dr, 4 + dc] = 2.0**bit
-        return kernel
 
     def contexts(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, D) 0/1 rows -> (N, D) context index of every position, in 0..2^10 - 1."""
-        x = x.to(self.kernel.dtype)
+        """(N, D) 0/1 rows -> (N, D) context index of every position, in 0..2^10 - 1: each template bit is
+        a shifted copy of the input (zeros shifted in at the edges), weighted by its power of two. (Ten
+        integer shifts and adds: faster than the equivalent one-channel convolution.)"""
+        bits = x.to(torch.int32)
         if self.input_shape is None:
-            padded = F.pad(x[:, None, :], (ORDER_1D, 0))  # zeros before the first dimension
-            index = F.conv1d(padded, self.kernel)
-        else:
-            images = x.reshape(-1, 1, *self.input_shape)
-            padded = F.pad(images, (4, 4, 2, 0))  # 4 columns either side, 2 rows above
-            index = F.conv2d(padded, self.kernel)
-        return index.reshape(len(x), self.n_dims).round().long()  # exact: integers below 2^24
+            padded = F.pad(bits, (ORDER_1D, 0))  # zeros before the first dimension
+            index = torch.zeros_like(bits)
+            for lag in range(1, ORDER_1D + 1):
+                index += padded[:, ORDER_1D - lag : ORDER_1D - lag + self.n_dims] << (lag - 1)
+            return index
+        height, width = self.input_shape
+        images = bits.reshape(-1, height, width)
+        padded = F.pad(images, (4, 4, 2, 0))  # 4 columns either side, 2 rows above
+        index = torch.zeros_like(images)
+        for bit, (dr, dc) in enumerate(TEMPLATE_2D):
+            index += padded[:, 2 + dr : 2 + dr + height, 4 + dc : 4 + dc + width] << bit
+        return index.reshape(len(x), self.n_dims)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """(N, D) 0/1 rows -> (N,) log p(x) in nats (float64)."""
         # one gather from [log p(0 | c), log p(1 | c)] per context, at 2c + x_i (cheaper than two and a where)
         table = torch.stack([torch.log1p(-self.p_one), self.p_one.log()], dim=1).reshape(-1)  # (2^11,)
-        return table[2 * self.contexts(x) + x.long()].sum(dim=1)
+        return table[(2 * self.contexts(x) + x.to(torch.int32)).long()].sum(dim=1)
 
     def code_length(self, x: torch.Tensor) -> torch.Tensor:
         return -self.log_prob(x)
@@ -84,7 +77,7 @@ class ContextModel(nn.Module):
         seen = torch.zeros(N_CONTEXTS, dtype=torch.float64, device=rows.device)
         for start in range(0, len(rows), batch_rows):
             batch = rows[start : start + batch_rows]
-            index = model.contexts(batch).reshape(-1)
+            index = model.contexts(batch).reshape(-1).long()
             ones.index_add_(0, index, batch.reshape(-1).to(torch.float64))
             seen.index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
         model.p_one.copy_((ones + 0.5) / (seen + 1.0))
