@@ -19,42 +19,38 @@ def concat(payloads: Sequence[Tensors]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.cat(ts) for ts in zip(*payloads, strict=True))
 
 
+def _row_results(served: ServedModel, payloads: Sequence[Tensors], results) -> list[Tensors]:
+    """The payloads' rows (x,) joined and scored at once by `results(x)`, a tuple of float tensors with one
+    row per input row, split back into one float64 tuple per payload."""
+    sizes = [rows_of(p) for p in payloads]
+    x = torch.cat([p[0] for p in payloads]).to(served.device)
+    with torch.inference_mode():
+        outputs = tuple(t.double() for t in results(x))
+    split = [t.cpu().split(sizes) for t in outputs]
+    return [tuple(s[i] for s in split) for i in range(len(sizes))]
+
+
 def log_prob(served: ServedModel, masks: int, per_dimension: bool, marginal: bool) -> Compute:
     """Payload (x,): float64 results (log p(x),), or (log p(x), (N, D) conditionals) with per_dimension;
     with `marginal`, NaN entries of x are marginalised out."""
+    model = served.model
 
-    def compute(payloads: Sequence[Tensors]) -> list[Tensors]:
-        sizes = [rows_of(p) for p in payloads]
-        x = torch.cat([p[0] for p in payloads]).to(served.device)
-        with torch.inference_mode():
-            if marginal:
-                outputs = (marginal_log_prob(served.model, x, masks=masks).double(),)
-            elif per_dimension:
-                conditionals = served.model.conditional_log_probs(x, masks=masks).double()
-                outputs = (conditionals.sum(dim=1), conditionals)
-            else:
-                outputs = (served.model.log_prob(x, masks=masks).double(),)
-        split = [t.cpu().split(sizes) for t in outputs]
-        return [tuple(s[i] for s in split) for i in range(len(sizes))]
+    def results(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if marginal:
+            return (marginal_log_prob(model, x, masks=masks),)
+        if per_dimension:
+            conditionals = model.conditional_log_probs(x, masks=masks).double()  # summed in float64
+            return conditionals.sum(dim=1), conditionals
+        return (model.log_prob(x, masks=masks),)
 
-    return compute
+    return lambda payloads: _row_results(served, payloads, results)
 
 
 def feature_scores(served: ServedModel, masks: int) -> Compute:
-    """Payload (x,): float64 results (log p(x), (N, D) per-dimension anomaly scores)."""
-
-    def compute(payloads: Sequence[Tensors]) -> list[Tensors]:
-        sizes = [rows_of(p) for p in payloads]
-        x = torch.cat([p[0] for p in payloads]).to(served.device)
-        with torch.inference_mode():
-            outputs = (
-                served.model.log_prob(x, masks=masks).double(),
-                served.model.feature_scores(x, masks).double(),
-            )
-        split = [t.cpu().split(sizes) for t in outputs]
-        return [tuple(s[i] for s in split) for i in range(len(sizes))]
-
-    return compute
+    """Payload (x,): float64 results (log p(x), (N, D) per-dimension anomaly scores), from one pass."""
+    return lambda payloads: _row_results(
+        served, payloads, lambda x: served.model.log_prob_and_feature_scores(x, masks)
+    )
 
 
 def sample(served: ServedModel, cuda_graphs: bool) -> Compute:

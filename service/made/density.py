@@ -118,25 +118,36 @@ class Density(nn.Module):
                 "per-dimension conditionals of an ensemble need masks that share one ordering; "
                 "these masks use different orderings (ask for masks=1)"
             )
+        return self._mixture_conditionals(torch.stack([self.conditionals_for_mask(x, k) for k in range(K)]))
+
+    def _mixture_conditionals(self, per_mask: torch.Tensor) -> torch.Tensor:
+        """(B, D) the mixture's conditionals from its components' (K, B, D), all in one ordering."""
         ordering = self.ordering(0)
-        per_mask = torch.stack([self.conditionals_for_mask(x, k)[:, ordering] for k in range(K)])  # (K,B,D)
-        prefix = torch.logsumexp(per_mask.cumsum(dim=2), dim=0) - math.log(K)  # (B, D) by position
-        by_position = torch.diff(prefix, dim=1, prepend=torch.zeros_like(prefix[:, :1]))
-        conditionals = torch.empty_like(by_position)
-        conditionals[:, ordering] = by_position
+        by_position = per_mask[:, :, ordering]
+        prefix = torch.logsumexp(by_position.cumsum(dim=2), dim=0) - math.log(per_mask.shape[0])  # (B, D)
+        steps = torch.diff(prefix, dim=1, prepend=torch.zeros_like(prefix[:, :1]))
+        conditionals = torch.empty_like(steps)
+        conditionals[:, ordering] = steps
         return conditionals
 
-    def feature_scores(self, x: torch.Tensor, masks: int | None = None) -> torch.Tensor:
-        """(B, D) each dimension's part of the anomaly score, -log p(x_d | x_<d), in input order.
+    def log_prob_and_feature_scores(
+        self, x: torch.Tensor, masks: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """((B,) log p(x), (B, D) each dimension's part of the anomaly score -log p(x_d | x_<d), input order),
+        from one pass over the K components.
 
-        With one ordering across the K components these are the ensemble's own conditionals: they sum to
+        With one ordering across the components the parts are the ensemble's own conditionals: they sum to
         -log p(x). Components with different orderings have no common x_<d; then each dimension gets the
         mean over components of its conditional under each, so the attribution does not hang on one
         ordering. Those sum to the components' mean NLL, which is at least -log p(x) (Jensen)."""
         K = self.resolve_masks(masks)
-        if K == 1 or self.shares_ordering(K):
-            return -self.conditional_log_probs(x, K)
-        return -torch.stack([self.conditionals_for_mask(x, k) for k in range(K)]).mean(dim=0)
+        per_mask = torch.stack([self.conditionals_for_mask(x, k) for k in range(K)])  # (K, B, D)
+        log_prob = torch.logsumexp(per_mask.sum(dim=2), dim=0) - math.log(K)
+        if K == 1:
+            return log_prob, -per_mask[0]
+        if self.shares_ordering(K):
+            return log_prob, -self._mixture_conditionals(per_mask)
+        return log_prob, -per_mask.mean(dim=0)
 
 
 class MADEDensity(Density):

@@ -1,5 +1,6 @@
-"""Each dimension's part of an anomaly score (Density.feature_scores): the ensemble's own conditionals when
-its masks share one ordering, else the mean over masks of each mask's conditionals."""
+"""Each dimension's part of an anomaly score (Density.log_prob_and_feature_scores): the ensemble's own
+conditionals when its masks share one ordering, else the mean over masks of each mask's conditionals; and
+log p(x) from the same pass."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ def test_with_one_ordering_the_parts_are_the_ensembles_conditionals_and_sum_to_t
     take_training_steps(model, markov_chain(128, 5))
     x = all_binary(5)
     with torch.no_grad():
-        parts = model.feature_scores(x, masks=3)
+        log_prob, parts = model.log_prob_and_feature_scores(x, masks=3)
+        assert torch.allclose(log_prob, model.log_prob(x, masks=3))
         assert torch.allclose(parts, -model.conditional_log_probs(x, masks=3))
         assert torch.allclose(parts.sum(1), -model.log_prob(x, masks=3), atol=1e-5)
 
@@ -24,12 +26,13 @@ def test_with_mixed_orderings_each_part_is_the_mean_over_masks():
     take_training_steps(model, markov_chain(128, 5))
     x = all_binary(5)
     with torch.no_grad():
-        parts = model.feature_scores(x, masks=4)
+        log_prob, parts = model.log_prob_and_feature_scores(x, masks=4)
+        assert torch.allclose(log_prob, model.log_prob(x, masks=4))
         per_mask = torch.stack([model.conditionals_for_mask(x, k) for k in range(4)])  # (K, B, D)
         assert torch.allclose(parts, -per_mask.mean(0))
         # they sum to the masks' mean NLL, which is never below the ensemble's (Jensen)
         assert torch.allclose(parts.sum(1), -model.log_prob_per_mask(x, 4).mean(0), atol=1e-5)
         assert torch.all(parts.sum(1) >= -model.log_prob(x, masks=4) - 1e-5)
         # one mask: its own conditionals
-        one = model.feature_scores(x, masks=1)
+        _, one = model.log_prob_and_feature_scores(x, masks=1)
         assert torch.allclose(one, -model.conditionals_for_mask(x, 0))
