@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..calibration import Calibration
 from ..devices import resolve_device
 from ..made import draw_randomness, make_generator
 from ..made.conditional import draw_conditional_randomness
@@ -206,12 +207,11 @@ class Engine:
                 compute.feature_scores(served, calibration.masks),
             )
             log_prob, features = await batcher.submit((x,), deadline)
-            log_prob, features = log_prob.numpy(), features.numpy()
+            score, features = -log_prob.numpy(), features.numpy()
         else:
-            log_prob = (await self._log_prob(served, rows, calibration.masks, False, deadline)).log_prob
+            score = await self._scores(served, calibration, rows, deadline)
         fpr = calibration.default_fpr if fpr is None else fpr
         threshold = calibration.threshold(fpr)
-        score = -log_prob
         return AnomalyResult(
             served.version,
             calibration.masks,
@@ -224,20 +224,26 @@ class Engine:
             self._image(served, rows.astype(np.float64), None) if image else None,
         )
 
+    async def _scores(
+        self, served: ServedModel, calibration: Calibration, rows: np.ndarray, deadline: float
+    ) -> np.ndarray:
+        """(N,) the anomaly score of each complete row, as its calibration defines it (the NLL under the
+        calibration's ensemble size): the one place anomaly and drift get their scores from."""
+        return -(await self._log_prob(served, rows, calibration.masks, False, deadline)).log_prob
+
     async def drift(self, name: str, rows: np.ndarray, alpha: float, deadline: float) -> DriftResult:
         """Whether a batch's anomaly scores come from the calibration distribution (two-sample KS)."""
         served = self.registry.get(name)
         calibration = validation.calibration(served)
         validation.drift_rows(rows, self.settings.min_drift_rows)
         validation.complete_rows(rows)
-        result = await self._log_prob(served, rows, calibration.masks, False, deadline)
-        score = -result.log_prob
+        score = await self._scores(served, calibration, rows, deadline)
         statistic, p_value = calibration.drift(score)
         is_drift = p_value < alpha
         metrics.DRIFT_CHECKS.labels(model=name, result="drift" if is_drift else "no_drift").inc()
         metrics.DRIFT_P_VALUE.labels(model=name).set(p_value)
         return DriftResult(
-            result.version,
+            served.version,
             calibration.masks,
             len(score),
             statistic,
