@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from anomaly_scores import auroc, nll_of, upper_p  # noqa: E402  (a sibling script)
+from anomaly_scores import auroc, either, nll_of  # noqa: E402  (a sibling script)
 
 from service import checkpoint  # noqa: E402
 from service.calibration import calibrate  # noqa: E402
@@ -172,17 +172,19 @@ def main() -> None:
         model, _ = checkpoint.load(work / f"m{k}")
         nll = nll_of(model, x)
         corrected = nll - ContextModel.fit(torch.from_numpy(train).float(), (28, 28)).code_length(x).numpy()
-        union = -np.log(np.minimum(upper_p(nll, nll[reference]), upper_p(corrected, corrected[reference])))
+        union_score = either(nll, corrected, reference)
         third = index % 3
         part_a, part_b, part_c = [(labels == k) & (third == t) for t in range(3)]
-        union_a = -np.log(np.minimum(upper_p(nll, nll[part_a]), upper_p(corrected, corrected[part_a])))
+        union_a = either(nll, corrected, part_a)
         for name, score in (("MADE nll", nll), ("MADE nll or nll - context", union_a)):
             for fpr in (0.01, 0.05):
                 threshold = calibrate(score[part_b], masks=1).threshold(fpr)
                 counts = false_positives[(name, fpr)]
                 counts[0] += int(np.sum(score[part_c] > threshold))
                 counts[1] += int(np.sum(part_c))
-        scores = {"MADE nll": nll, "MADE nll or nll - context": union} | baselines(train, valid, args.seed)
+        scores = {"MADE nll": nll, "MADE nll or nll - context": union_score} | baselines(
+            train, valid, args.seed
+        )
         for name, s in scores.items():
             table[name][k] = auroc(s[inlier], s[outlier])
 

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service import checkpoint  # noqa: E402
+from service.context_model import ContextModel  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"
 LN2 = float(np.log(2.0))
@@ -88,58 +89,15 @@ def png_nats(bits: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
-# A causal template of neighbours (row offset, column offset), JBIG's 10-pixel shape: two rows above and
-# the pixels to the left. Each pixel's context is the bits at these places (0 outside the image).
-TEMPLATE = [(0, -1), (0, -2), (0, -3), (0, -4), (-1, -2), (-1, -1), (-1, 0), (-1, 1), (-1, 2), (-2, 0)]
+class Context:
+    """The service's context model (service/context_model.py) fitted on 0/1 numpy rows: code lengths in
+    nats. With `shape` the template is 2-D; without, the previous 10 dimensions."""
 
+    def __init__(self, train: np.ndarray, shape: tuple[int, int] | None = (28, 28)):
+        self.model = ContextModel.fit(torch.from_numpy(train).float(), shape)
 
-def contexts(bits: np.ndarray, shape=(28, 28)) -> np.ndarray:
-    """(N, D) context index of every pixel from its template neighbours."""
-    images = bits.reshape(-1, *shape).astype(np.int64)
-    padded = np.pad(images, ((0, 0), (2, 0), (4, 4)))
-    index = np.zeros_like(images)
-    for bit, (dr, dc) in enumerate(TEMPLATE):
-        index |= padded[:, 2 + dr : 2 + dr + shape[0], 4 + dc : 4 + dc + shape[1]] << bit
-    return index.reshape(len(bits), -1)
-
-
-class ContextModel:
-    """A learned simple model: p(x_ij = 1 | its template context), one table shared by every position, fitted
-    by counting (Krichevsky-Trofimov: add 1/2). Its code length knows local 2-D structure, not digits."""
-
-    def __init__(self, bits: np.ndarray):
-        index = contexts(bits)
-        ones = np.bincount(
-            index.ravel(), weights=bits.ravel().astype(np.float64), minlength=2 ** len(TEMPLATE)
-        )
-        total = np.bincount(index.ravel(), minlength=2 ** len(TEMPLATE))
-        self.p_one = (ones + 0.5) / (total + 1.0)
-
-    def nats(self, bits: np.ndarray) -> np.ndarray:
-        p = self.p_one[contexts(bits)]
-        return -np.where(bits == 1, np.log(p), np.log1p(-p)).sum(1)
-
-
-class ChainContextModel:
-    """ContextModel's 1-D twin for rows without a 2-D shape: p(x_d = 1 | the previous `order` bits)."""
-
-    def __init__(self, bits: np.ndarray, order: int = 10):
-        self.order = order
-        index = self.contexts(bits)
-        ones = np.bincount(index.ravel(), weights=bits.ravel().astype(np.float64), minlength=2**order)
-        total = np.bincount(index.ravel(), minlength=2**order)
-        self.p_one = (ones + 0.5) / (total + 1.0)
-
-    def contexts(self, bits: np.ndarray) -> np.ndarray:
-        padded = np.pad(bits.astype(np.int64), ((0, 0), (self.order, 0)))
-        index = np.zeros(bits.shape, np.int64)
-        for lag in range(1, self.order + 1):
-            index |= padded[:, self.order - lag : self.order - lag + bits.shape[1]] << (lag - 1)
-        return index
-
-    def nats(self, bits: np.ndarray) -> np.ndarray:
-        p = self.p_one[self.contexts(bits)]
-        return -np.where(bits == 1, np.log(p), np.log1p(-p)).sum(1)
+    def nats(self, rows: np.ndarray) -> np.ndarray:
+        return self.model.code_length(torch.from_numpy(rows).float()).numpy()
 
 
 def uci_table(repository: Path) -> None:
@@ -156,7 +114,7 @@ def uci_table(repository: Path) -> None:
         archive = np.load(ROOT.parent / "shared" / "data" / "uci" / f"{name.removeprefix('uci-')}.npz")
         train, valid = archive["train_x"], archive["valid_x"]
         even = np.arange(len(valid)) % 2 == 0
-        chain = ChainContextModel(train)
+        chain = Context(train, shape=None)
         density = train.mean()
         sets = {
             "blank": np.zeros((1, valid.shape[1]), np.uint8),
@@ -173,17 +131,17 @@ def uci_table(repository: Path) -> None:
             return nll, nll - chain.nats(rows)
 
         nll_v, corrected_v = scores(valid)
-        union_v = -np.log(np.minimum(upper_p(nll_v, nll_v[even]), upper_p(corrected_v, corrected_v[even])))
+        union_v = either(nll_v, corrected_v, even)
         three_v = any_of(nll_v, corrected_v, nll_v[even], corrected_v[even])
         for label, rows in sets.items():
             nll, corrected = scores(rows)
-            union = -np.log(np.minimum(upper_p(nll, nll_v[even]), upper_p(corrected, corrected_v[even])))
+            two = union(nll, nll_v[even], corrected, corrected_v[even])
             three = any_of(nll, corrected, nll_v[even], corrected_v[even])
             cells = []
             for test, reference in (
                 (nll, nll_v),
                 (corrected, corrected_v),
-                (union, union_v),
+                (two, union_v),
                 (three, three_v),
             ):
                 threshold = np.quantile(reference[even], 0.99)
@@ -241,8 +199,8 @@ def ood_table(
     def all_scores(nll: np.ndarray, corrected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scores = {"nll": nll, "two-sided": two_sided(nll, nll_ref), **corrected}
         for other in ("nll - zlib", "nll - png", "nll - background", "nll - context"):
-            scores[f"either nll or {other}"] = -np.log(
-                np.minimum(upper_p(nll, nll_ref), upper_p(corrected[other], complexity_valid[other][even]))
+            scores[f"either nll or {other}"] = union(
+                nll, nll_ref, corrected[other], complexity_valid[other][even]
             )
         scores["any of nll, nll - context, too likely"] = any_of(
             nll, corrected["nll - context"], nll_ref, complexity_valid["nll - context"][even]
@@ -294,10 +252,16 @@ def any_of(
     )
 
 
+def union(first: np.ndarray, first_ref: np.ndarray, second: np.ndarray, second_ref: np.ndarray) -> np.ndarray:
+    """-log min(p1, p2), each one-sided p-value against its reference scores: anomalous if either score is
+    unusually high for an inlier (a union of two tests; calibrated, like any score, by its own distribution
+    on held-out inliers)."""
+    return -np.log(np.minimum(upper_p(first, first_ref), upper_p(second, second_ref)))
+
+
 def either(first: np.ndarray, second: np.ndarray, inlier: np.ndarray) -> np.ndarray:
-    """-log min(p1, p2): anomalous if either score is unusually high for an inlier (a union of two tests;
-    calibrated, like any score, by its own distribution on held-out inliers)."""
-    return -np.log(np.minimum(upper_p(first, first[inlier]), upper_p(second, second[inlier])))
+    """union() with both references taken from the rows marked `inlier`."""
+    return union(first, first[inlier], second, second[inlier])
 
 
 def main() -> None:
@@ -324,7 +288,7 @@ def main() -> None:
     zl, pn = zlib_nats(valid), png_nats(valid)
     marginal = np.clip(train.mean(0), 1e-3, 1 - 1e-3)
     independent = -(valid * np.log(marginal) + (1 - valid) * np.log(1 - marginal)).sum(1)
-    context_all = ContextModel(train).nats(valid)
+    context_all = Context(train).nats(valid)
     print("general model ...", file=sys.stderr)
     general_model, _ = checkpoint.load(Path(args.general))
     general = nll_of(general_model, x)
@@ -366,7 +330,7 @@ def main() -> None:
             "nll - general": nll - general,
             "nll - background": nll - nll_of(checkpoint.load(Path(args.backgrounds) / f"b{k}")[0], x),
         }
-        class_context = ContextModel(train[data["train_y"] == k])
+        class_context = Context(train[data["train_y"] == k])
         scores["nll - context (class)"] = nll - class_context.nats(valid)
         scores["nll - context (all digits)"] = nll - context_all
         scores["either nll or nll - context (class)"] = either(
@@ -387,9 +351,7 @@ def main() -> None:
                 worst_pair[name] = (a, f"{j} vs model {k}")
 
     background_all, _ = checkpoint.load(Path(args.backgrounds) / "b_all")
-    ood_table(
-        general_model, background_all, ContextModel(train), valid, general, zl, pn, independent, marginal
-    )
+    ood_table(general_model, background_all, Context(train), valid, general, zl, pn, independent, marginal)
 
     print("| score | mean AUROC | worst digit's AUROC | worst pair AUROC (outlier vs model) |")
     print("|---|---|---|---|")
