@@ -24,7 +24,9 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from . import __version__, calibration, checkpoint, data, logs
+from .calibration import ContextCounts
 from .checkpoint import CheckpointError
+from .context_model import ContextModel
 from .data import DataError
 from .devices import resolve_device
 from .made import (
@@ -146,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the first member's validation file, if it has one)",
     )
     p.add_argument(
+        "--context-data",
+        help="training rows to fit the anomaly score's context model on (default: the first member's "
+        "training file, if it is still there)",
+    )
+    p.add_argument(
         "--weights-dtype",
         default="float32",
         choices=sorted(checkpoint.DTYPES),
@@ -171,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_args(p)
     p.add_argument("--data", required=True, help="rows the model should call normal (not its training data)")
+    p.add_argument(
+        "--context-data",
+        help="training rows to fit the context model of the nll_or_context score on (default: the training "
+        "file the checkpoint records, if it is still there)",
+    )
+    p.add_argument(
+        "--default-score",
+        choices=calibration.SCORES,
+        help="the anomaly score requests get unless they ask for another (default: nll_or_context where "
+        "the rows are 0/1 and there are training rows for its context model, else nll; docs/anomaly.md)",
+    )
     p.add_argument(
         "--fpr",
         type=float,
@@ -329,11 +347,16 @@ def cmd_train(args) -> int:
     )
     result = train(model, train_x, valid_x, _train_config(args))
     masks = architecture.eval_masks
-    valid_scores = calibration.scores_of(model, valid_x, masks=masks)
+    context = _context_counts(model, train_x, args.data, args.input_shape)
+    valid_scores, code_lengths = calibration.held_out_scores(
+        model, valid_x.split(SCORE_BATCH_ROWS), masks, _context_model(model, context, args.input_shape)
+    )
     record = _training_record(args, model, result, valid_spec, len(train_x), valid_scores)
     calibrated = calibration.calibrate(
         valid_scores,
         masks=masks,
+        code_length=code_lengths,
+        context=context,
         data_file=valid_spec or f"{args.data} (held-out {args.valid_fraction or 0.1:g})",
         data_sha256=record["valid_sha256"] or record["data_sha256"],
     )
@@ -483,6 +506,63 @@ def _log_probs(model, spec: str, masks: int, batch_rows: int):
     return len(array), source, batches()
 
 
+def _context_counts(
+    model, rows: torch.Tensor | None, source: str | None, input_shape
+) -> ContextCounts | None:
+    """The context model of the training rows, for the nll_or_context anomaly score: for 0/1 rows only."""
+    if rows is None or model.likelihood.name != "bernoulli":
+        return None
+    path = data.split_spec(source)[0]
+    counts = ContextCounts.fit(rows, input_shape, data_file=source, data_sha256=data.sha256_of(path))
+    log.info("context model", extra={"rows": len(rows), "template": counts.template, "source": source})
+    return counts
+
+
+def _context_model(model, counts: ContextCounts | None, input_shape) -> ContextModel | None:
+    return None if counts is None else counts.model(model.n_dims, input_shape, device=model.device)
+
+
+def _context_rows(model, spec: str | None, config) -> tuple[torch.Tensor | None, str | None]:
+    """(rows, source) to fit the context model on: `spec`, else the training file the checkpoint records
+    (a merged model's first member's) if it is still there; (None, None) when there is neither."""
+    if model.likelihood.name != "bernoulli":
+        if spec is not None:
+            raise UsageError("--context-data is for models of 0/1 rows (the bernoulli likelihood)")
+        return None, None
+    if spec is None:
+        spec = _recorded_training_file(config)
+        if spec is None or not data.split_spec(spec)[0].is_file():
+            return None, None
+    return data.load(spec, model.likelihood, n_dims=model.n_dims, role="train").to(model.device), spec
+
+
+def _recorded_training_file(config) -> str | None:
+    training = config.training
+    if training is None:
+        return None
+    if training.data_file:
+        return training.data_file
+    members = (training.model_extra or {}).get("members") or []
+    return members[0].get("data_file") if members and isinstance(members[0], dict) else None
+
+
+def _held_out_scores(model, spec: str, masks: int, context: ContextCounts | None, input_shape):
+    """(source, NLL (N,), code lengths (N,) or None) of a held-out data file, a batch at a time."""
+    array, source = data.open_array(spec, role="eval")
+    batches = data.iter_batches(array, source, model.likelihood, model.n_dims, SCORE_BATCH_ROWS)
+    with tqdm(total=len(array), unit="row", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
+        nll, code_lengths = calibration.held_out_scores(
+            model, _counted(batches, bar), masks, _context_model(model, context, input_shape)
+        )
+    return source, nll, code_lengths
+
+
+def _counted(batches, bar):
+    for batch in batches:
+        yield batch
+        bar.update(len(batch))
+
+
 def cmd_eval(args) -> int:
     model, _, masks = _load(args)
     n, _, batches = _log_probs(model, args.data, masks, SCORE_BATCH_ROWS)
@@ -550,8 +630,13 @@ def cmd_merge(args) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint.save(mixture, tmp, weights_dtype=args.weights_dtype)
             stored, _ = checkpoint.load(tmp)
-        _, source, batches = _log_probs(stored, valid_spec, stored.n_masks, SCORE_BATCH_ROWS)
-        scores = -np.concatenate([log_p for _, log_p in batches])
+        input_shape = loaded[0][1].input_shape
+        context = _context_counts(
+            stored, *_context_rows(stored, args.context_data, loaded[0][1]), input_shape
+        )
+        source, scores, code_lengths = _held_out_scores(
+            stored, valid_spec, stored.n_masks, context, input_shape
+        )
         sha = data.sha256_of(data.split_spec(valid_spec)[0])
         record.update(
             valid_file=source,
@@ -560,7 +645,14 @@ def cmd_merge(args) -> int:
             best_valid_nll=float(scores.mean()),
             valid_masks=stored.n_masks,
         )
-        calibrated = calibration.calibrate(scores, masks=stored.n_masks, data_file=source, data_sha256=sha)
+        calibrated = calibration.calibrate(
+            scores,
+            masks=stored.n_masks,
+            code_length=code_lengths,
+            context=context,
+            data_file=source,
+            data_sha256=sha,
+        )
         summary["valid_nll"] = round(float(scores.mean()), 4)
     # Written once, complete: a server watching the repository never sees an uncalibrated version.
     checkpoint.save(
@@ -587,11 +679,26 @@ def cmd_calibrate(args) -> int:
     if not 0 < args.fpr < 1:
         raise UsageError("--fpr must be between 0 and 1")
     model, config, masks = _load(args)
-    _, source, batches = _log_probs(model, args.data, masks, SCORE_BATCH_ROWS)
-    scores = -np.concatenate([log_p for _, log_p in batches])
+    rows, context_source = _context_rows(model, args.context_data, config)
+    context = _context_counts(model, rows, context_source, config.input_shape)
+    if context is None and args.default_score == "nll_or_context":
+        raise UsageError(
+            "--default-score nll_or_context needs 0/1 rows and training rows for its context model "
+            "(--context-data, or a training file the checkpoint records)"
+        )
+    if context is None:
+        log.warning("no context model (0/1 training rows): calibrated the nll score only")
+    source, scores, code_lengths = _held_out_scores(model, args.data, masks, context, config.input_shape)
     path = data.split_spec(args.data)[0]
     config.calibration = calibration.calibrate(
-        scores, masks=masks, data_file=source, data_sha256=data.sha256_of(path), default_fpr=args.fpr
+        scores,
+        masks=masks,
+        code_length=code_lengths,
+        context=context,
+        data_file=source,
+        data_sha256=data.sha256_of(path),
+        default_fpr=args.fpr,
+        default_score=args.default_score,
     )
     checkpoint.write_config(args.model, config)
     print(json.dumps(config.calibration.summary()))

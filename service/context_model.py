@@ -25,6 +25,12 @@ TEMPLATE_2D = ((0, -1), (0, -2), (0, -3), (0, -4), (-1, -2), (-1, -1), (-1, 0), 
 ORDER_1D = 10  # without a shape: the previous 10 dimensions, lag 1 is bit 0
 CONTEXT_BITS = 10
 N_CONTEXTS = 2**CONTEXT_BITS
+TEMPLATES = ("jbig10", "previous10")  # the names checkpoints record: 2-D template, or the previous dims
+
+
+def template_for(input_shape: list[int] | tuple[int, ...] | None) -> str:
+    """The template a model of rows with this input shape uses: JBIG's for images, else the previous 10."""
+    return "jbig10" if input_shape is not None and len(input_shape) == 2 else "previous10"
 
 
 class ContextModel(nn.Module):
@@ -55,14 +61,38 @@ class ContextModel(nn.Module):
             index += padded[:, 2 + dr : 2 + dr + height, 4 + dc : 4 + dc + width] << bit
         return index.reshape(len(x), self.n_dims)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, D) 0/1 rows -> (N,) log p(x) in nats (float64)."""
+    def conditional_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) 0/1 rows -> (N, D) log p(x_i | c_i(x)) in nats (float64)."""
         # one gather from [log p(0 | c), log p(1 | c)] per context, at 2c + x_i (cheaper than two and a where)
         table = torch.stack([torch.log1p(-self.p_one), self.p_one.log()], dim=1).reshape(-1)  # (2^11,)
-        return table[(2 * self.contexts(x) + x.to(torch.int32)).long()].sum(dim=1)
+        return table[(2 * self.contexts(x) + x.to(torch.int32)).long()]
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) 0/1 rows -> (N,) log p(x) in nats (float64)."""
+        return self.conditional_log_probs(x).sum(dim=1)
 
     def code_length(self, x: torch.Tensor) -> torch.Tensor:
         return -self.log_prob(x)
+
+    def count(self, rows: torch.Tensor, batch_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per context, over the (N, D) 0/1 rows: (how often the predicted bit was 1, how often it was seen),
+        both (2^10,) int64."""
+        ones = torch.zeros(N_CONTEXTS, dtype=torch.int64, device=rows.device)
+        seen = torch.zeros(N_CONTEXTS, dtype=torch.int64, device=rows.device)
+        for start in range(0, len(rows), batch_rows):
+            batch = rows[start : start + batch_rows]
+            index = self.contexts(batch).reshape(-1).long()
+            ones.index_add_(0, index, batch.reshape(-1).to(torch.int64))
+            seen += torch.bincount(index, minlength=N_CONTEXTS)
+        return ones, seen
+
+    def set_counts(self, ones: torch.Tensor, seen: torch.Tensor) -> ContextModel:
+        """The Krichevsky-Trofimov estimate from counts: per context, (ones + 1/2) / (seen + 1)."""
+        ones, seen = (torch.as_tensor(t, dtype=torch.float64, device=self.p_one.device) for t in (ones, seen))
+        if ones.shape != (N_CONTEXTS,) or seen.shape != (N_CONTEXTS,) or bool((ones > seen).any()):
+            raise ValueError(f"context counts must be {N_CONTEXTS} pairs with ones <= seen")
+        self.p_one.copy_((ones + 0.5) / (seen + 1.0))
+        return self
 
     @classmethod
     def fit(
@@ -71,14 +101,6 @@ class ContextModel(nn.Module):
         input_shape: list[int] | tuple[int, ...] | None = None,
         batch_rows: int = 4096,
     ) -> ContextModel:
-        """The model of (N, D) 0/1 rows: per context, (ones + 1/2) / (seen + 1)."""
+        """The model of (N, D) 0/1 rows, fitted by counting."""
         model = cls(rows.shape[1], input_shape).to(rows.device)
-        ones = torch.zeros(N_CONTEXTS, dtype=torch.float64, device=rows.device)
-        seen = torch.zeros(N_CONTEXTS, dtype=torch.float64, device=rows.device)
-        for start in range(0, len(rows), batch_rows):
-            batch = rows[start : start + batch_rows]
-            index = model.contexts(batch).reshape(-1).long()
-            ones.index_add_(0, index, batch.reshape(-1).to(torch.float64))
-            seen.index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
-        model.p_one.copy_((ones + 0.5) / (seen + 1.0))
-        return model
+        return model.set_counts(*model.count(rows, batch_rows))

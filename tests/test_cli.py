@@ -73,7 +73,12 @@ def test_train_writes_a_checkpoint_with_its_training_record(trained):
     assert record.best_valid_nll == pytest.approx(summary["best_valid_nll"], abs=1e-3)
     # Anomaly calibration is written at training time, on the validation rows, with the default ensemble.
     assert config.calibration.n == 200 and config.calibration.masks == 4
-    assert config.calibration.mean == pytest.approx(summary["best_valid_nll"], abs=1e-3)
+    assert config.calibration.nll.mean == pytest.approx(summary["best_valid_nll"], abs=1e-3)
+    # and the default anomaly score's context model, counted on the training rows
+    context = config.calibration.context
+    assert config.calibration.default_score == "nll_or_context" and context.template == "jbig10"
+    assert context.rows == record.train_rows and sum(context.seen) == context.rows * 10
+    assert context.data_sha256 == record.data_sha256
     # Not a terminal: plain log lines, one per epoch, with both NLLs.
     epoch_lines = [line for line in result.stderr.splitlines() if "made.train: epoch" in line]
     assert len(epoch_lines) == 4 and all(
@@ -264,7 +269,10 @@ def test_merge_writes_a_calibrated_mixture_of_its_members(trained, tmp_path):
     assert all(m["command"].startswith("made train ") for m in record.members)
     # Evaluated and calibrated on the members' validation split (chain.npz:valid_x), with both members.
     assert record.valid_file.endswith("chain.npz:valid_x") and config.calibration.masks == 2
-    assert config.calibration.mean == pytest.approx(summary["valid_nll"], abs=1e-3)
+    assert config.calibration.nll.mean == pytest.approx(summary["valid_nll"], abs=1e-3)
+    # the context model of the first member's training rows, for the default anomaly score
+    assert config.calibration.default_score == "nll_or_context"
+    assert config.calibration.context.data_file == record.members[0]["data_file"]
     mixture, _ = checkpoint.load(tmp_path / "mixture")
     loaded = [checkpoint.load(m)[0] for m in members]
     x = torch.from_numpy(np.load(root / "chain.npz")["valid_x"]).float()

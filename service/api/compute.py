@@ -53,6 +53,22 @@ def feature_scores(served: ServedModel, masks: int) -> Compute:
     )
 
 
+def context_scores(served: ServedModel, masks: int, per_feature: bool) -> Compute:
+    """Payload (x,): float64 results (log p(x), L(x)), L the code length under the calibration's context model
+    (the parts of the nll_or_context score); with per_feature also each dimension's part of each, (N, D)
+    -log p(x_d | x_<d) (as feature_scores) and (N, D) -log q(x_d | c_d(x))."""
+    model, context = served.model, served.context_model
+
+    def results(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if per_feature:
+            log_prob, nll_parts = model.log_prob_and_feature_scores(x, masks)
+            code_parts = -context.conditional_log_probs(x)
+            return log_prob, code_parts.sum(dim=1), nll_parts, code_parts
+        return model.log_prob(x, masks=masks), context.code_length(x)
+
+    return lambda payloads: _row_results(served, payloads, results)
+
+
 def sample(served: ServedModel, cuda_graphs: bool) -> Compute:
     """Payload: one request's Randomness (drawn when it arrived, so merging does not change its samples)."""
 

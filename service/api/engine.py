@@ -43,14 +43,23 @@ class LogProbResult:
 
 
 @dataclass
+class Scored:
+    log_prob: np.ndarray  # (N,) nats, under the calibration's ensemble
+    score: np.ndarray  # (N,) the anomaly score
+    per_feature: np.ndarray | None  # (N, D) each dimension's part of it (calibration.feature_scores)
+
+
+@dataclass
 class AnomalyResult:
     version: int
     masks: int
+    score_name: str  # which anomaly score: "nll_or_context" or "nll"
     fpr: float
     threshold: float
     score: np.ndarray
     p_value: np.ndarray
     is_anomaly: np.ndarray
+    log_prob: np.ndarray
     per_feature: np.ndarray | None = None  # (N, D) each dimension's part of the score
     image: SampleImage | None = None  # the rows as images, for a heat-map grid
 
@@ -59,6 +68,7 @@ class AnomalyResult:
 class DriftResult:
     version: int
     masks: int
+    score_name: str
     rows: int
     statistic: float
     p_value: float
@@ -189,69 +199,93 @@ class Engine:
         version: str | None = None,
         per_feature: bool = False,
         image: bool = False,
+        score: str | None = None,
     ) -> AnomalyResult:
-        """Scores (negative log-likelihood), p-values and flags against the version's own calibration; with
-        `per_feature`, each dimension's part of the score; `image`: also what a heat-map PNG needs."""
+        """Anomaly scores (`score`, default: the calibration's default score), p-values and flags against the
+        version's own calibration; with `per_feature`, each dimension's part of the score; `image`: also
+        what a heat-map PNG needs."""
         served = self.registry.get(name, version)
         calibration = validation.calibration(served)
+        score_name = validation.anomaly_score(served, calibration, score)
         if image:
             validation.image_shape(served)
         validation.complete_rows(rows)
-        features = None
-        if per_feature or image:
-            x = validation.rows(served, rows, self.settings.max_request_rows)
-            batcher = self.batchers.get(
-                served,
-                "log_prob",
-                ("features", calibration.masks),
-                compute.feature_scores(served, calibration.masks),
-            )
-            log_prob, features = await batcher.submit((x,), deadline)
-            score, features = -log_prob.numpy(), features.numpy()
-        else:
-            score = await self._scores(served, calibration, rows, deadline)
+        scored = await self._scores(served, calibration, score_name, rows, deadline, per_feature or image)
+        distribution = calibration.distribution(score_name)
         fpr = calibration.default_fpr if fpr is None else fpr
-        threshold = calibration.threshold(fpr)
+        threshold = distribution.threshold(fpr)
         return AnomalyResult(
             served.version,
             calibration.masks,
+            score_name,
             fpr,
             threshold,
-            score,
-            calibration.p_value(score),
-            score > threshold,
-            features,
+            scored.score,
+            distribution.p_value(scored.score),
+            scored.score > threshold,
+            scored.log_prob,
+            scored.per_feature,
             self._image(served, rows.astype(np.float64), None) if image else None,
         )
 
     async def _scores(
-        self, served: ServedModel, calibration: Calibration, rows: np.ndarray, deadline: float
-    ) -> np.ndarray:
-        """(N,) the anomaly score of each complete row, as its calibration defines it (the NLL under the
-        calibration's ensemble size): the one place anomaly and drift get their scores from."""
-        return -(await self._log_prob(served, rows, calibration.masks, False, deadline)).log_prob
+        self,
+        served: ServedModel,
+        calibration: Calibration,
+        score_name: str,
+        rows: np.ndarray,
+        deadline: float,
+        per_feature: bool = False,
+    ) -> Scored:
+        """The anomaly score `score_name` of each complete row, as the calibration defines it (under the
+        calibration's ensemble size), and with `per_feature` each dimension's part: the one place anomaly
+        and drift get their scores from."""
+        K = calibration.masks
+        if score_name == "nll" and not per_feature:  # batched with the log-prob requests
+            log_prob = (await self._log_prob(served, rows, K, False, deadline)).log_prob
+            return Scored(log_prob, -log_prob, None)
+        x = validation.rows(served, rows, self.settings.max_request_rows)
+        if score_name == "nll":
+            batcher = self.batchers.get(
+                served, "log_prob", ("features", K), compute.feature_scores(served, K)
+            )
+            log_prob, nll_parts = (t.numpy() for t in await batcher.submit((x,), deadline))
+            return Scored(log_prob, -log_prob, nll_parts)
+        batcher = self.batchers.get(
+            served, "log_prob", ("context", K, per_feature), compute.context_scores(served, K, per_feature)
+        )
+        log_prob, code_length, *parts = (t.numpy() for t in await batcher.submit((x,), deadline))
+        score = calibration.score(score_name, -log_prob, code_length)
+        if not per_feature:
+            return Scored(log_prob, score, None)
+        return Scored(log_prob, score, calibration.feature_scores(score_name, -log_prob, code_length, *parts))
 
-    async def drift(self, name: str, rows: np.ndarray, alpha: float, deadline: float) -> DriftResult:
+    async def drift(
+        self, name: str, rows: np.ndarray, alpha: float, deadline: float, score: str | None = None
+    ) -> DriftResult:
         """Whether a batch's anomaly scores come from the calibration distribution (two-sample KS)."""
         served = self.registry.get(name)
         calibration = validation.calibration(served)
+        score_name = validation.anomaly_score(served, calibration, score)
         validation.drift_rows(rows, self.settings.min_drift_rows)
         validation.complete_rows(rows)
-        score = await self._scores(served, calibration, rows, deadline)
-        statistic, p_value = calibration.drift(score)
+        scores = (await self._scores(served, calibration, score_name, rows, deadline)).score
+        distribution = calibration.distribution(score_name)
+        statistic, p_value = distribution.drift(scores)
         is_drift = p_value < alpha
         metrics.DRIFT_CHECKS.labels(model=name, result="drift" if is_drift else "no_drift").inc()
         metrics.DRIFT_P_VALUE.labels(model=name).set(p_value)
         return DriftResult(
             served.version,
             calibration.masks,
-            len(score),
+            score_name,
+            len(scores),
             statistic,
             p_value,
             alpha,
             is_drift,
-            float(score.mean()),
-            calibration.mean,
+            float(scores.mean()),
+            distribution.mean,
         )
 
     async def sample(

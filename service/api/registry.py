@@ -22,6 +22,7 @@ import torch
 from .. import checkpoint
 from ..calibration import Calibration
 from ..checkpoint import CheckpointConfig, CheckpointError
+from ..context_model import ContextModel
 from ..made import Density, make_generator
 from ..made.fast_sampling import sample_fast
 from ..settings import Settings
@@ -41,6 +42,7 @@ class ServedModel:
     device: torch.device
     loaded_at: float
     load_seconds: float
+    context_model: ContextModel | None = None  # the calibration's, for the nll_or_context anomaly score
 
     @property
     def calibration(self) -> Calibration | None:
@@ -207,7 +209,9 @@ class ModelRegistry:
             metrics.set_model_state(name, "loading")
         started = time.perf_counter()
         try:
-            model, config = await asyncio.get_running_loop().run_in_executor(self.loader, self._load, path)
+            model, config, context_model = await asyncio.get_running_loop().run_in_executor(
+                self.loader, self._load, path
+            )
         except (CheckpointError, RuntimeError, ValueError, OSError) as exc:
             entry.loading_version = None
             entry.last_error = f"version {version}: {exc}"
@@ -226,7 +230,9 @@ class ModelRegistry:
             return False
         seconds = time.perf_counter() - started
         previous = entry.current
-        entry.current = ServedModel(name, version, path, model, config, self.device, time.time(), seconds)
+        entry.current = ServedModel(
+            name, version, path, model, config, self.device, time.time(), seconds, context_model
+        )
         entry.loading_version = None
         entry.last_error = None
         entry.failed_signatures.pop(version, None)
@@ -249,9 +255,13 @@ class ModelRegistry:
         )
         return True
 
-    def _load(self, path: Path) -> tuple[Density, CheckpointConfig]:
+    def _load(self, path: Path) -> tuple[Density, CheckpointConfig, ContextModel | None]:
         """Load and warm one version (runs in the loader thread; the model is not shared yet)."""
         model, config = checkpoint.load(path, device=self.device)
+        context = config.calibration.context if config.calibration is not None else None
+        context_model = None
+        if context is not None:
+            context_model = context.model(model.n_dims, config.input_shape, device=self.device)
         with torch.inference_mode():
             warm = (
                 model.shift.expand(2, -1).clone()
@@ -261,7 +271,9 @@ class ModelRegistry:
             # two masks run the ensemble's code path; all of a 512-mask default would only cost start-up time
             model.log_prob(warm, masks=min(config.eval_masks, 2))
             sample_fast(model, 1, masks=1, generator=make_generator(0, self.device))  # also builds its plan
-        return model, config
+            if context_model is not None:
+                context_model.code_length(warm)
+        return model, config, context_model
 
     # ---- watching the repository ------------------------------------------------------------------------
     async def watch(self) -> None:

@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..calibration import ScoreName
+
 Rows = Annotated[
     list[list[float | None]],
     Field(
@@ -74,7 +76,14 @@ class AnomalyOptions(Strict):
         ),
     ] = None
     per_feature: bool = Field(
-        False, description="also each dimension's part of the score, -log p(x_d | x_<d) over the masks"
+        False,
+        description="also each dimension's part of the score: -log p(x_d | x_<d) over the masks, less the "
+        "context model's -log q(x_d | context) where nll_or_context's ratio test decides (docs/anomaly.md)",
+    )
+    score: ScoreName | None = Field(
+        None,
+        description="anomaly score: nll_or_context (the NLL test or the NLL-minus-context test, whichever is "
+        "more surprised) or nll (the negative log-likelihood); default: the model's calibration default",
     )
 
 
@@ -86,17 +95,25 @@ class AnomalyResponse(BaseModel):
     model: str
     version: int
     masks: int
+    score_name: ScoreName = Field(description="the anomaly score used: nll_or_context or nll")
     fpr: float
     threshold: float = Field(
         description="score above which a row is flagged; flags `fpr` of calibration data"
     )
-    score: list[float] = Field(description="negative log-likelihood per row, nats")
-    p_value: list[float] = Field(description="fraction of calibration rows scoring at least as high")
+    score: list[float] = Field(
+        description="anomaly score per row: nll, the negative log-likelihood in nats; nll_or_context, "
+        "-log of the smaller of its two tests' p-values"
+    )
+    p_value: list[float] = Field(
+        description="P(a normal row scores at least as high), from the calibration data; is_anomaly is "
+        "p_value < fpr"
+    )
     is_anomaly: list[bool]
     per_feature: list[list[float]] | None = Field(
         None,
-        description="(rows, D) each dimension's part of the score, input order (with per_feature); they "
-        "sum to the score when the masks share one ordering, else to the masks' mean NLL",
+        description="(rows, D) each dimension's part of the deciding test's statistic, input order (with "
+        "per_feature): of the NLL (they sum to it when the masks share one ordering, else to the masks' "
+        "mean NLL), or of NLL - L(x) where nll_or_context's ratio test decides",
     )
 
 
@@ -105,6 +122,9 @@ class DriftOptions(Strict):
         float,
         Field(gt=0, lt=1, description="significance level: is_drift when p_value < alpha"),
     ] = 0.01
+    score: ScoreName | None = Field(
+        None, description="anomaly score whose distribution is tested (default: the calibration default)"
+    )
 
 
 class DriftRequest(DriftOptions):
@@ -115,6 +135,7 @@ class DriftResponse(BaseModel):
     model: str
     version: int
     masks: int
+    score_name: ScoreName = Field(description="the anomaly score tested")
     rows: int = Field(description="rows in the batch tested")
     statistic: float = Field(description="Kolmogorov-Smirnov statistic: the largest gap between the CDFs")
     p_value: float = Field(description="two-sample KS p-value against the model's calibration scores")

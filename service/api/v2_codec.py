@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 from starlette.responses import Response
 
+from ..calibration import SCORES
 from . import codecs
 from .deps import validate_options
 from .errors import InvalidInput, MalformedRequest
@@ -54,6 +55,7 @@ class InferInput:
     rows: np.ndarray  # (N, D)
     masks: int | None
     fpr: float | None  # parameters.fpr: the anomaly threshold's false-positive rate
+    score: str | None  # parameters.score: which anomaly score (default: the calibration's)
     timeout_s: float | None  # parameters.timeout (microseconds in the protocol)
     outputs: list[tuple[str, bool]]  # (name, as raw bytes after the JSON header), in the order asked
 
@@ -118,6 +120,9 @@ def read_infer_request(body: bytes, header_length: str | None) -> InferInput:
     fpr = parameters.get("fpr")
     if fpr is not None and (isinstance(fpr, bool) or not isinstance(fpr, int | float) or not 0 < fpr < 1):
         raise InvalidInput("parameters.fpr must be a number between 0 and 1")
+    score = parameters.get("score")
+    if score is not None and score not in SCORES:
+        raise InvalidInput(f"parameters.score must be one of {', '.join(map(repr, SCORES))}")
     binary_outputs = bool(_flag(parameters, "binary_data_output", "parameters"))
     outputs = []
     for output in request.outputs or []:
@@ -138,6 +143,7 @@ def read_infer_request(body: bytes, header_length: str | None) -> InferInput:
         values.reshape(tensor.shape),
         masks,
         fpr,
+        score,
         None if timeout_us is None else timeout_us / 1e6,
         outputs or [("log_prob", binary_outputs)],
     )
@@ -145,6 +151,7 @@ def read_infer_request(body: bytes, header_length: str | None) -> InferInput:
         raise InvalidInput(
             "parameters.masks cannot be chosen with anomaly outputs: they use the calibration's"
         )
+
     return infer
 
 

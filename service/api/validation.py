@@ -108,6 +108,18 @@ def calibration(served: ServedModel) -> Calibration:
     return served.calibration
 
 
+def anomaly_score(served: ServedModel, calibration: Calibration, score: str | None) -> str:
+    """The anomaly score to use: the one asked for, else the calibration's default (409 if not calibrated)."""
+    score = calibration.default_score if score is None else score
+    if score not in calibration.scores:
+        raise NotCalibrated(
+            f"model {served.name!r} version {served.version} is not calibrated for the {score!r} score "
+            f"(it has: {', '.join(calibration.scores)}); `made calibrate` with the model's training rows "
+            "adds it for models of 0/1 rows"
+        )
+    return score
+
+
 def observed_row(served: ServedModel, request: SampleRequest) -> np.ndarray | None:
     """The request's `observed` as a (D,) row with NaN where a value is to be drawn, or None."""
     try:

@@ -9,6 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..calibration import Calibration
+from ..context_model import template_for
 from ..made import Density, MADEConfig
 
 FORMAT = "made-checkpoint"
@@ -77,6 +78,14 @@ class CheckpointConfig(MADEConfig):
             )
         if self.calibration is not None and self.calibration.masks > self.n_masks:
             raise ValueError(f"calibration.masks={self.calibration.masks} exceeds n_masks={self.n_masks}")
+        context = self.calibration.context if self.calibration is not None else None
+        if context is not None and self.likelihood.name != "bernoulli":
+            raise ValueError("calibration.context (a model of 0/1 rows) needs the bernoulli likelihood")
+        if context is not None and context.template != template_for(self.input_shape):
+            raise ValueError(
+                f"calibration.context.template {context.template!r} does not fit "
+                f"input_shape {self.input_shape}"
+            )
         if self.input_shape is not None and math.prod(self.input_shape) != self.n_dims:
             raise ValueError(f"input_shape {self.input_shape} does not hold n_dims={self.n_dims} values")
         if self.likelihood.make().real_valued and self.standardisation is None:

@@ -55,11 +55,14 @@ def save_tiny(path: Path, seed: int = 0, steps: int = 200, n_dims: int = 8, **op
     take_training_steps(model, data, steps=steps)
     K = model.config.eval_masks
     held_out = markov_chain(300, n_dims, seed=seed + 1)
-    calibrated = calibration.calibrate(calibration.scores_of(model, held_out, K), K)
+    shape = [2, n_dims // 2]
+    context = calibration.ContextCounts.fit(data, shape)  # for the default score, nll_or_context
+    nll, code_length = calibration.held_out_scores(model, [held_out], K, context.model(n_dims, shape))
+    calibrated = calibration.calibrate(nll, K, code_length=code_length, context=context)
     checkpoint.save(
         model,
         path,
-        input_shape=[2, n_dims // 2],
+        input_shape=shape,
         calibration=calibrated,
         # where it was trained from: what only the admin may see through the API
         training={"seed": seed, "command": f"made train --data {TRAINING_DATA}", "data_file": TRAINING_DATA},

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from service import checkpoint
+from service.context_model import ContextModel
 from tests.api.helpers import MADE, SERVER_DEVICE, TRAINING_DATA
 from tests.helpers import all_binary, markov_chain
 
@@ -151,30 +152,59 @@ def test_npy_in_and_out(server, repository):
         )
 
 
+def code_lengths(config, rows) -> np.ndarray:
+    """L(x) under the checkpoint's context model, computed here from its stored counts."""
+    context = config.calibration.context
+    model = ContextModel(config.n_dims, config.input_shape)
+    return (
+        model.set_counts(torch.tensor(context.ones), torch.tensor(context.seen))
+        .code_length(torch.as_tensor(rows, dtype=torch.float32))
+        .numpy()
+    )
+
+
 def test_anomaly_scores_p_values_and_thresholds(server, repository):
     _, config = local(repository)
+    calibration = config.calibration
     normal = markov_chain(100, 8, seed=11).tolist()
     weird = [[0, 1, 0, 1, 0, 1, 0, 1]] * 3  # alternating bits: very unlikely under a sticky chain
     answer = server.client.post("/v1/models/tiny/anomaly", json={"inputs": normal + weird}).json()
-    assert answer["fpr"] == config.calibration.default_fpr
-    assert answer["threshold"] == pytest.approx(config.calibration.threshold())
+    assert answer["score_name"] == "nll_or_context" and answer["fpr"] == calibration.default_fpr
+    assert answer["threshold"] == pytest.approx(calibration.nll_or_context.threshold(calibration.default_fpr))
     assert all(answer["is_anomaly"][-3:]) and np.mean(answer["is_anomaly"][:100]) < 0.1
     assert all(p <= 0.01 for p in answer["p_value"][-3:]) and np.median(answer["p_value"][:100]) > 0.2
-    np.testing.assert_allclose(
-        answer["score"],
-        -np.array(
-            server.client.post(
-                "/v1/models/tiny/log-prob", json={"inputs": normal + weird, "masks": 2}
-            ).json()["log_prob"]
-        ),
+    assert answer["is_anomaly"] == [p < answer["fpr"] for p in answer["p_value"]]
+    nll = -np.array(
+        server.client.post("/v1/models/tiny/log-prob", json={"inputs": normal + weird, "masks": 2}).json()[
+            "log_prob"
+        ]
     )
+    reference = calibration.reference
+    union = -np.minimum(
+        reference.nll.log_p_value(nll),
+        reference.nll_minus_context.log_p_value(nll - code_lengths(config, normal + weird)),
+    )
+    np.testing.assert_allclose(answer["score"], union, rtol=1e-6)
+    # the NLL on request: the score is the negative log-likelihood, with its own threshold
+    by_nll = server.client.post(
+        "/v1/models/tiny/anomaly", json={"inputs": normal + weird, "score": "nll"}
+    ).json()
+    assert by_nll["score_name"] == "nll" and all(by_nll["is_anomaly"][-3:])
+    np.testing.assert_allclose(by_nll["score"], nll)
+    assert by_nll["threshold"] == pytest.approx(calibration.nll.threshold(calibration.default_fpr))
     looser = server.client.post("/v1/models/tiny/anomaly", json={"inputs": normal, "fpr": 0.5}).json()
     assert looser["fpr"] == 0.5 and looser["threshold"] < answer["threshold"]
     table = server.client.post(
-        "/v1/models/tiny/anomaly", json={"inputs": normal}, headers={"accept": "application/x-npy"}
+        "/v1/models/tiny/anomaly",
+        json={"inputs": normal, "score": "nll"},
+        headers={"accept": "application/x-npy"},
     )
     records = np.load(io.BytesIO(table.content), allow_pickle=False)
     assert records.dtype.names == ("score", "p_value", "is_anomaly") and len(records) == 100
+    assert table.headers["x-score"] == "nll"
+    np.testing.assert_allclose(records["score"], nll[:100])
+    unknown = server.client.post("/v1/models/tiny/anomaly", json={"inputs": normal, "score": "zlib"})
+    assert unknown.status_code == 422 and "score" in unknown.json()["error"]["message"]
     uncalibrated = server.client.post("/v1/models/gauss/anomaly", json={"inputs": [[4.0, 4.0, 4.0]]})
     assert uncalibrated.status_code == 409 and "made calibrate" in uncalibrated.json()["error"]["message"]
 
@@ -319,6 +349,7 @@ def test_drift_keeps_its_level_on_inlier_batches_and_flags_a_shifted_one(server)
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert body["rows"] == 200 and body["alpha"] == 0.05 and 0 <= body["statistic"] <= 1
+        assert body["score_name"] == "nll_or_context"  # the calibration's default
         assert body["is_drift"] == (body["p_value"] < 0.05)
         alarms += body["is_drift"]
     assert alarms <= 4  # P(more than 4 of 20 at a true 5% level) < 0.3%
@@ -332,7 +363,13 @@ def test_drift_keeps_its_level_on_inlier_batches_and_flags_a_shifted_one(server)
     body = answer.json()
     assert answer.status_code == 200 and body["is_drift"] and body["alpha"] == 0.01, body
     assert body["mean_score"] > body["calibration_mean_score"]
-    assert server.metric("made_drift_checks_total", model="tiny") == before + 21
+    by_nll = server.client.post(
+        "/v1/models/tiny/drift?score=nll",
+        content=npy.getvalue(),
+        headers={"content-type": "application/x-npy"},
+    ).json()
+    assert by_nll["score_name"] == "nll" and by_nll["is_drift"], by_nll
+    assert server.metric("made_drift_checks_total", model="tiny") == before + 22
     assert server.metric("made_drift_checks_total", model="tiny", result="drift") >= 1
     assert server.metric("made_drift_p_value", model="tiny") == pytest.approx(body["p_value"])
 
@@ -346,8 +383,17 @@ def test_drift_keeps_its_level_on_inlier_batches_and_flags_a_shifted_one(server)
         ({"inputs": [[0, 1, 1]] * 40}, 422, "expects 8"),
         ({"inputs": [[0, 1, None, 0, 1, 0, 1, 0]] * 40}, 422, "complete rows"),
         ({"inputs": []}, 422, "empty"),
+        ({"inputs": [[0, 1] * 4] * 40, "score": "zlib"}, 422, "score"),
     ],
-    ids=["too few rows", "alpha out of range", "alpha as a string", "wrong width", "missing value", "empty"],
+    ids=[
+        "too few rows",
+        "alpha out of range",
+        "alpha as a string",
+        "wrong width",
+        "missing value",
+        "empty",
+        "unknown score",
+    ],
 )
 def test_bad_drift_requests_get_a_clear_4xx(server, body, status, fragment):
     answer = server.client.post("/v1/models/tiny/drift", json=body)
@@ -360,34 +406,52 @@ def test_drift_needs_a_calibrated_model(server):
     assert answer.status_code == 409 and answer.json()["error"]["code"] == "not_calibrated"
 
 
-def test_per_feature_anomaly_scores_in_json_npy_and_a_heat_map(server):
-    rows = markov_chain(5, 8, seed=3).int().tolist()
-    # one mask, one ordering: the parts are the conditionals and sum to the score exactly
+def test_per_feature_anomaly_scores_in_json_npy_and_a_heat_map(server, repository):
+    rows = markov_chain(5, 8, seed=3).int().tolist() + [[0] * 8, [1] * 8, [0, 1] * 4]
+    # the NLL, one mask, one ordering: the parts are the conditionals and sum to the score exactly
     fixed = server.client.post(
-        "/v1/models/tiny-fixed/anomaly", json={"inputs": rows, "per_feature": True}
+        "/v1/models/tiny-fixed/anomaly", json={"inputs": rows, "per_feature": True, "score": "nll"}
     ).json()
     parts = np.array(fixed["per_feature"])
-    assert parts.shape == (5, 8)
+    assert parts.shape == (8, 8)
     np.testing.assert_allclose(parts.sum(axis=1), fixed["score"], rtol=1e-6)
+    # the default, nll_or_context: each row's parts are those of the test that decided it, summing to its
+    # NLL or to its NLL - L(x)
+    _, config = local(repository, "tiny-fixed")
+    nll = np.array(fixed["score"])
+    ratio = nll - code_lengths(config, rows)
+    reference = config.calibration.reference
+    decided_by_ratio = reference.nll_minus_context.log_p_value(ratio) < reference.nll.log_p_value(nll)
+    default = server.client.post(
+        "/v1/models/tiny-fixed/anomaly", json={"inputs": rows, "per_feature": True}
+    ).json()
+    assert default["score_name"] == "nll_or_context"
+    np.testing.assert_allclose(
+        np.array(default["per_feature"]).sum(axis=1), np.where(decided_by_ratio, ratio, nll), rtol=1e-6
+    )
     # masks with different orderings: each part is the mean over masks, summing to the masks' mean NLL
-    mixed = server.client.post("/v1/models/tiny/anomaly", json={"inputs": rows, "per_feature": True}).json()
+    mixed = server.client.post(
+        "/v1/models/tiny/anomaly", json={"inputs": rows, "per_feature": True, "score": "nll"}
+    ).json()
     assert np.all(np.array(mixed["per_feature"]).sum(axis=1) >= np.array(mixed["score"]) - 1e-6)
-    plain = server.client.post("/v1/models/tiny/anomaly", json={"inputs": rows}).json()
+    plain = server.client.post("/v1/models/tiny/anomaly", json={"inputs": rows, "score": "nll"}).json()
     assert "per_feature" not in plain and plain["score"] == pytest.approx(mixed["score"])
 
     buffer = io.BytesIO()
     np.save(buffer, np.array(rows, dtype=np.uint8))
     npy = server.client.post(
-        "/v1/models/tiny-fixed/anomaly?per_feature=true",
+        "/v1/models/tiny-fixed/anomaly?per_feature=true&score=nll",
         content=buffer.getvalue(),
         headers={"content-type": "application/x-npy", "accept": "application/x-npy"},
     )
     table = np.load(io.BytesIO(npy.content))
-    assert table["per_feature"].shape == (5, 8)
+    assert table["per_feature"].shape == (8, 8)
     np.testing.assert_allclose(table["per_feature"], parts)
 
     png = server.client.post(
-        "/v1/models/tiny-fixed/anomaly", json={"inputs": rows}, headers={"accept": "image/png"}
+        "/v1/models/tiny-fixed/anomaly",
+        json={"inputs": rows, "score": "nll"},
+        headers={"accept": "image/png"},
     )
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert png.content[:8] == b"\x89PNG\r\n\x1a\n"

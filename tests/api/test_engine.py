@@ -15,6 +15,8 @@ from service import checkpoint
 from service.api.engine import Engine
 from service.api.errors import InvalidInput, NotAcceptable, NotCalibrated
 from service.api.schemas import SampleRequest
+from service.calibration import calibrate
+from service.context_model import ContextModel
 from service.settings import Settings
 from tests.api.helpers import save_gaussian, save_tiny
 from tests.helpers import markov_chain
@@ -56,18 +58,31 @@ def test_log_prob_and_anomaly_are_the_models_own_numbers(repository):
         return (
             await engine.log_prob("tiny", rows.numpy(), 1, True, deadline),
             await engine.anomaly("tiny", rows.numpy(), 0.25, deadline),
+            await engine.anomaly("tiny", rows.numpy(), 0.25, deadline, score="nll"),
         )
 
-    log_prob, anomaly = run_with_engine(repository, operation)
+    log_prob, anomaly, by_nll = run_with_engine(repository, operation)
     expected = model.log_prob(rows, masks=1).detach().double().numpy()
     assert log_prob.version == 1 and log_prob.masks == 1
     np.testing.assert_allclose(log_prob.log_prob, expected, rtol=1e-5)
     np.testing.assert_allclose(log_prob.per_dimension.sum(axis=1), expected, rtol=1e-5)
     calibration = config.calibration
-    scores = -model.log_prob(rows, masks=calibration.masks).detach().double().numpy()
-    np.testing.assert_allclose(anomaly.score, scores, rtol=1e-5)
-    assert anomaly.threshold == calibration.threshold(0.25) and anomaly.fpr == 0.25
+    nll = -model.log_prob(rows, masks=calibration.masks).detach().double().numpy()
+    # the default: -log of the smaller p-value of the NLL and of NLL - L(x), against the reference half
+    context = ContextModel(8, config.input_shape).set_counts(
+        torch.tensor(calibration.context.ones), torch.tensor(calibration.context.seen)
+    )
+    ratio = nll - context.code_length(rows).numpy()
+    reference = calibration.reference
+    union = -np.minimum(reference.nll.log_p_value(nll), reference.nll_minus_context.log_p_value(ratio))
+    assert anomaly.score_name == "nll_or_context" and by_nll.score_name == "nll"
+    np.testing.assert_allclose(anomaly.score, union, rtol=1e-5)
+    np.testing.assert_allclose(anomaly.log_prob, -nll, rtol=1e-5)
+    assert anomaly.threshold == calibration.nll_or_context.threshold(0.25) and anomaly.fpr == 0.25
     np.testing.assert_array_equal(anomaly.is_anomaly, anomaly.score > anomaly.threshold)
+    np.testing.assert_allclose(by_nll.score, nll, rtol=1e-5)
+    assert by_nll.threshold == calibration.nll.threshold(0.25)
+    np.testing.assert_allclose(by_nll.p_value, calibration.nll.p_value(by_nll.score))
 
 
 def test_refusals_are_domain_errors_raised_before_anything_is_queued(repository):
@@ -142,7 +157,37 @@ def test_a_request_is_validated_and_computed_by_one_version_across_a_reload_that
     expected = v1.model.log_prob(torch.as_tensor(old_rows), masks=v1.config.eval_masks).detach().numpy()
     assert log_prob.version == 1
     np.testing.assert_allclose(log_prob.log_prob, expected, rtol=1e-5)
-    assert anomaly.version == 1 and anomaly.threshold == v1.calibration.threshold()  # version 1's calibration
+    assert anomaly.version == 1 and anomaly.threshold == v1.calibration.nll_or_context.threshold(
+        0.01
+    )  # version 1's calibration
     assert sample.version == 1 and sample.samples.shape == (2, 8)
     assert "rows have 8 values; the model expects 10" in refused.message
     assert newcomer.version == 2 and newcomer.log_prob.shape == (3,)
+
+
+def test_a_model_calibrated_for_the_nll_only_scores_by_it_and_refuses_nll_or_context(tmp_path):
+    """A checkpoint calibrated before nll_or_context (or without training rows) keeps serving the NLL as its
+    default; asking it for nll_or_context is a 409 that says how to add it."""
+    save_tiny(tmp_path / "tiny" / "1")
+    config = checkpoint.read_config(tmp_path / "tiny" / "1")
+    config.calibration = calibrate(config.calibration.nll.quantiles, config.calibration.masks)
+    checkpoint.write_config(tmp_path / "tiny" / "1", config)
+    rows = markov_chain(40, 8, seed=5).numpy()
+
+    async def operation(engine):
+        deadline = engine.deadline(None)
+        answers = (
+            await engine.anomaly("tiny", rows, None, deadline),
+            await engine.drift("tiny", rows, 0.01, deadline),
+        )
+        with pytest.raises(NotCalibrated) as refused:
+            await engine.anomaly("tiny", rows, None, deadline, score="nll_or_context")
+        with pytest.raises(NotCalibrated):
+            await engine.drift("tiny", rows, 0.01, deadline, score="nll_or_context")
+        return answers, refused.value
+
+    (anomaly, drift), refused = run_with_engine(tmp_path, operation)
+    assert anomaly.score_name == drift.score_name == "nll" and anomaly.masks == config.calibration.masks
+    np.testing.assert_allclose(anomaly.score, -anomaly.log_prob)
+    assert refused.status == 409 and "not calibrated for the 'nll_or_context' score" in refused.message
+    assert "made calibrate" in refused.message

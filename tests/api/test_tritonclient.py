@@ -133,9 +133,19 @@ def test_anomaly_outputs_equal_v1_anomaly(server, triton, binary, version):
     )
     np.testing.assert_allclose(result.as_numpy("anomaly_score"), expected["score"], rtol=1e-6)
     np.testing.assert_allclose(result.as_numpy("p_value"), expected["p_value"], rtol=1e-6)
-    np.testing.assert_allclose(result.as_numpy("log_prob"), -np.array(expected["score"]), rtol=1e-6)
+    log_prob = server.client.post(
+        "/v1/models/tiny/log-prob", json={"inputs": ROWS.tolist(), "masks": 2}
+    ).json()
+    np.testing.assert_allclose(result.as_numpy("log_prob"), log_prob["log_prob"], rtol=1e-6)
     flags = result.as_numpy("is_anomaly")
     assert flags.dtype == bool and flags.tolist() == expected["is_anomaly"]
+    assert response["parameters"]["score"] == expected["score_name"] == "nll_or_context"
+    # the NLL on request, as on /v1
+    by_nll = triton.infer(
+        "tiny", [tensor], outputs=outputs, parameters={"fpr": 0.2, "score": "nll"}, model_version=version
+    )
+    assert by_nll.get_response()["parameters"]["score"] == "nll"
+    np.testing.assert_allclose(by_nll.as_numpy("anomaly_score"), -np.array(log_prob["log_prob"]), rtol=1e-6)
 
 
 def test_anomaly_outputs_need_a_calibrated_model_and_the_calibrations_masks(triton):
@@ -152,3 +162,5 @@ def test_anomaly_outputs_need_a_calibrated_model_and_the_calibrations_masks(trit
         )
     with pytest.raises(InferenceServerException, match="fpr must be a number between 0 and 1"):
         infer(triton, parameters={"fpr": 2})
+    with pytest.raises(InferenceServerException, match="parameters.score must be one of"):
+        infer(triton, parameters={"score": "zlib"})

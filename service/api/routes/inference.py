@@ -99,19 +99,26 @@ async def log_prob(name: str, request: Request, engine: EngineDep, deadline: Dea
     openapi_extra=body_docs(AnomalyRequest, npy=True, query=AnomalyOptions) | ANSWERS_JSON_NPY_OR_PNG,
 )
 async def anomaly(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
-    """Anomaly score (negative log-likelihood), p-value against the model's calibration data, and a flag at
-    the threshold for the requested false-positive rate; with `per_feature`, each dimension's part of the
-    score. `Accept: application/x-npy` answers with a structured array (score, p_value, is_anomaly, and
-    per_feature); `Accept: image/png`, for a model with a 2-D input shape, with a heat-map grid: each row,
-    then where its score comes from."""
+    """Anomaly score (`score`: nll_or_context, the default for models of 0/1 rows, or nll), p-value against
+    the model's calibration data, and a flag at the threshold for the requested false-positive rate; with
+    `per_feature`, each dimension's part of the score. `Accept: application/x-npy` answers with a structured
+    array (score, p_value, is_anomaly, and per_feature; the score used in `X-Score`); `Accept: image/png`,
+    for a model with a 2-D input shape, with a heat-map grid: each row, then where its score comes from."""
     accept = codecs.wants(request, codecs.JSON, codecs.NPY, codecs.PNG)
     options, rows = await read_rows_and_options(request, engine, AnomalyOptions)
     result = await engine.anomaly(
-        name, rows, options.fpr, deadline, per_feature=options.per_feature, image=accept == codecs.PNG
+        name,
+        rows,
+        options.fpr,
+        deadline,
+        per_feature=options.per_feature,
+        image=accept == codecs.PNG,
+        score=options.score,
     )
     headers = {
         "X-Model-Version": str(result.version),
         "X-Masks": str(result.masks),
+        "X-Score": result.score_name,
         "X-Threshold": repr(result.threshold),
         "X-FPR": repr(result.fpr),
     }
@@ -137,6 +144,7 @@ async def anomaly(name: str, request: Request, engine: EngineDep, deadline: Dead
             "model": name,
             "version": result.version,
             "masks": result.masks,
+            "score_name": result.score_name,
             "fpr": result.fpr,
             "threshold": result.threshold,
             "score": result.score,
@@ -159,12 +167,13 @@ async def drift(name: str, request: Request, engine: EngineDep, deadline: Deadli
     model's calibration scores: `is_drift` when the p-value is below `alpha` (default 0.01). At least
     `min_drift_rows` rows (default 30)."""
     options, rows = await read_rows_and_options(request, engine, DriftOptions)
-    result = await engine.drift(name, rows, options.alpha, deadline)
+    result = await engine.drift(name, rows, options.alpha, deadline, score=options.score)
     return codecs.json_response(
         {
             "model": name,
             "version": result.version,
             "masks": result.masks,
+            "score_name": result.score_name,
             "rows": result.rows,
             "statistic": result.statistic,
             "p_value": result.p_value,

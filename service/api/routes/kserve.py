@@ -117,10 +117,17 @@ async def _infer(
     if infer.timeout_s is not None:
         deadline = min(deadline, engine.deadline(infer.timeout_s))
     if infer.anomaly:
-        anomaly = await engine.anomaly(name, infer.rows, infer.fpr, deadline, version=version)
-        parameters = {"masks": anomaly.masks, "fpr": anomaly.fpr, "threshold": anomaly.threshold}
+        anomaly = await engine.anomaly(
+            name, infer.rows, infer.fpr, deadline, version=version, score=infer.score
+        )
+        parameters = {
+            "masks": anomaly.masks,
+            "score": anomaly.score_name,
+            "fpr": anomaly.fpr,
+            "threshold": anomaly.threshold,
+        }
         values = {
-            "log_prob": -anomaly.score,
+            "log_prob": anomaly.log_prob,
             "anomaly_score": anomaly.score,
             "p_value": anomaly.p_value,
             "is_anomaly": anomaly.is_anomaly,
