@@ -199,7 +199,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="digits 0, 1, 8; 2,000 training rows, 20 epochs")
     p.add_argument("--plot", default=None, help="write a PNG of AUROC per digit here")
     p.add_argument("--seed", type=int, default=0, help="the first split's seed (and the baselines')")
-    p.add_argument("--splits", type=int, default=20, help="random calibration/evaluation splits to count")
+    p.add_argument("--splits", type=int, default=200, help="random calibration/evaluation splits to count")
     args = p.parse_args()
     digits = [0, 1, 8] if args.quick else list(range(10))
     work = Path(args.work) if not args.quick else Path(args.work) / "quick"

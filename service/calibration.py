@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Literal
 
 import numpy as np
@@ -53,7 +54,7 @@ class ScoreDistribution(BaseModel):
 
     @model_validator(mode="after")
     def _quantiles(self):
-        q = np.asarray(self.quantiles)
+        q = np.asarray(self.quantiles)  # (validation runs before the cached arrays exist)
         if len(q) < 2 or not np.all(np.isfinite(q)) or np.any(np.diff(q) < 0):
             raise ValueError("calibration quantiles must be at least 2 finite, nondecreasing values")
         return self
@@ -69,15 +70,24 @@ class ScoreDistribution(BaseModel):
             std=float(scores.std()),
         )
 
-    @property
+    # computed once per loaded calibration (every request reads them; the fields are never reassigned)
+    @cached_property
+    def _q(self) -> np.ndarray:
+        return np.asarray(self.quantiles, dtype=np.float64)
+
+    @cached_property
     def levels(self) -> np.ndarray:
         return np.linspace(0.0, 1.0, len(self.quantiles))
 
-    @property
+    @cached_property
+    def _descending(self) -> tuple[np.ndarray, np.ndarray]:
+        return -self._q[::-1], self.levels[::-1]
+
+    @cached_property
     def tail_scale(self) -> float:
         """Mean excess of the scores over their 90% quantile (from the stored quantiles): the scale of the
         exponential tail beyond the largest score. Never 0, so the tail always ranks."""
-        q = np.asarray(self.quantiles)
+        q = self._q
         start = float(np.interp(TAIL_LEVEL, self.levels, q))
         excess = float(np.mean(q[self.levels >= TAIL_LEVEL] - start))
         return max(excess, 1e-9 * max(1.0, abs(q[-1])))
@@ -85,7 +95,7 @@ class ScoreDistribution(BaseModel):
     def cdf(self, scores: np.ndarray, left: bool = False) -> np.ndarray:
         """P(calibration score <= s) (or < s, `left`), linear between the stored quantiles. A run of equal
         quantiles is a jump (many calibration rows share that score), taken whole at its value."""
-        q, levels = np.asarray(self.quantiles), self.levels
+        q, levels = self._q, self.levels
         scores = np.asarray(scores, dtype=np.float64)
         i = np.searchsorted(q, scores, side="left" if left else "right")  # q[i-1] <= s < q[i] (right)
         inside = (i > 0) & (i < len(q))
@@ -98,8 +108,11 @@ class ScoreDistribution(BaseModel):
         """log(1 - F(s)), F at the plotting positions k/(n+1) (see the module docstring); at a run of equal
         calibration scores, the whole run counts as at least as high (conservative)."""
         scores = np.asarray(scores, dtype=np.float64)
-        n, largest = self.n, self.quantiles[-1]
-        rank = np.where(scores < self.quantiles[0], 0.0, 1.0 + (n - 1) * self.cdf(scores, left=True))
+        n, largest = self.n, self._q[-1]
+        # P(score < s), as cdf(left=True) gives it, in one np.interp: on the negated, reversed quantiles a
+        # run of equal scores is met from its high end, so a tie reads the run's lowest level
+        below = np.interp(-scores, *self._descending)
+        rank = np.where(scores < self._q[0], 0.0, 1.0 + (n - 1) * below)
         inside = np.log1p(-np.minimum(rank, n) / (n + 1))
         beyond = -np.log(n + 1) - (scores - largest) / self.tail_scale
         return np.where(scores > largest, beyond, inside)
@@ -111,7 +124,7 @@ class ScoreDistribution(BaseModel):
     def threshold(self, fpr: float) -> float:
         """The score above which a fraction `fpr` of inliers lie: F^-1(1 - fpr), past the largest calibration
         score (fpr < 1/(n+1)) along the tail."""
-        n, q = self.n, np.asarray(self.quantiles)
+        n, q = self.n, self._q
         rank = (n + 1) * (1.0 - fpr)  # of the order statistic at level 1 - fpr, counting from 1
         if rank > n:
             return float(q[-1] + self.tail_scale * (-np.log(n + 1) - np.log(fpr)))  # finite for any fpr > 0
@@ -144,7 +157,7 @@ class ScoreDistribution(BaseModel):
         return {
             "n": self.n,
             "threshold_at_default_fpr": self.threshold(default_fpr),
-            "median": float(np.interp(0.5, self.levels, np.asarray(self.quantiles))),
+            "median": float(np.interp(0.5, self.levels, self._q)),
             "mean": self.mean,
             "std": self.std,
         }

@@ -57,6 +57,14 @@ def test_beyond_the_largest_calibration_score_the_tail_keeps_ranking():
     assert np.isfinite(table.threshold(5e-324))  # the smallest double: still a number (schemathesis's find)
 
 
+def test_a_run_of_equal_calibration_scores_counts_whole_as_at_least_as_high():
+    """Discrete scores (small binary models) tie: a score equal to a run's value has the whole run above."""
+    table = ScoreDistribution.of(np.array([1.0] * 50 + [2.0] * 50))
+    p = table.p_value(np.array([0.5, 1.0, 1.5, 2.0]))
+    assert p[0] == 1.0 and p[1] == pytest.approx(100 / 101) and p[3] == pytest.approx(50 / 101)
+    assert p[1] > p[2] > p[3]  # between the runs, linear
+
+
 def test_invalid_tables_are_refused():
     with pytest.raises(ValueError, match="nondecreasing"):
         ScoreDistribution(n=3, quantiles=[3.0, 1.0, 2.0], mean=2.0, std=1.0)

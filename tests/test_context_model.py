@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from service.context_model import N_CONTEXTS, ORDER_1D, TEMPLATE_2D, ContextModel
+from service.context_model import GATHER_BELOW_ROWS, N_CONTEXTS, ORDER_1D, TEMPLATE_2D, ContextModel
 
 
 def reference_contexts(x: torch.Tensor, shape) -> torch.Tensor:
@@ -31,8 +31,9 @@ def reference_contexts(x: torch.Tensor, shape) -> torch.Tensor:
 
 def random_table(model: ContextModel, seed: int = 0) -> ContextModel:
     generator = torch.Generator().manual_seed(seed)
-    model.p_one.copy_(torch.rand(N_CONTEXTS, generator=generator, dtype=torch.float64) * 0.98 + 0.01)
-    return model
+    return model.set_probabilities(
+        torch.rand(N_CONTEXTS, generator=generator, dtype=torch.float64) * 0.98 + 0.01
+    )
 
 
 @pytest.mark.parametrize("shape", [None, (5, 7), (28, 28)], ids=["1-D", "5x7", "28x28"])
@@ -41,6 +42,8 @@ def test_contexts_follow_the_template(shape):
     x = (torch.rand(64, d, generator=torch.Generator().manual_seed(1)) < 0.4).float()
     model = ContextModel(d, shape)
     assert torch.equal(model.contexts(x), reference_contexts(x, shape))
+    for rows in (1, GATHER_BELOW_ROWS - 1, GATHER_BELOW_ROWS):  # the few-rows path, and either side of it
+        assert torch.equal(model.contexts(x[:rows]), reference_contexts(x[:rows], shape)), rows
 
 
 @pytest.mark.parametrize("shape", [None, (3, 4)], ids=["1-D", "3x4"])

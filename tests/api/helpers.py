@@ -56,7 +56,7 @@ def save_tiny(path: Path, seed: int = 0, steps: int = 200, n_dims: int = 8, **op
     K = model.config.eval_masks
     held_out = markov_chain(300, n_dims, seed=seed + 1)
     shape = [2, n_dims // 2]
-    context = calibration.ContextCounts.fit(data, shape)  # for the default score, nll_or_context
+    context = calibration.ContextCounts.fit(data, shape, data_file=TRAINING_DATA)  # for nll_or_context
     nll, code_length = calibration.held_out_scores(model, [held_out], K, context.model(n_dims, shape))
     calibrated = calibration.calibrate(nll, K, code_length=code_length, context=context)
     checkpoint.save(

@@ -164,3 +164,18 @@ def test_cuda_graph_made_during_inference_mode_warm_up_serves_later_calls():
     later = sample_fast(model, 1, masks=1, generator=make_generator(1, "cuda"))
     assert torch.equal(later, sample(model, 1, masks=1, generator=make_generator(1, "cuda")))
     assert all(walk.graph is not None for walk in _graphed_walks(model))
+
+
+@pytest.mark.parametrize("shape", [None, (4, 5)], ids=["1-D", "4x5"])
+def test_the_context_model_counts_and_scores_on_cuda_as_on_cpu(shape):
+    """The default anomaly score's context model: the same counts from CUDA rows, the same code lengths on
+    both of its context paths (a few rows: one gather; more: shifts)."""
+    from service.calibration import ContextCounts
+
+    rows = markov_chain(300, 20, seed=4)
+    cpu, gpu = ContextCounts.fit(rows, shape), ContextCounts.fit(rows.cuda(), shape)
+    assert cpu.ones == gpu.ones and cpu.seen == gpu.seen
+    model_cpu, model_gpu = cpu.model(20, shape), gpu.model(20, shape, device="cuda")
+    for n in (1, 300):
+        x = rows[:n]
+        assert torch.allclose(model_gpu.code_length(x.cuda()).cpu(), model_cpu.code_length(x), atol=1e-9)

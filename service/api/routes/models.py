@@ -62,7 +62,12 @@ def _calibration(config, admin: bool) -> dict | None:
     if config.calibration is None:
         return None
     summary = config.calibration.summary()
-    return summary if admin else {k: v for k, v in summary.items() if k not in PRIVATE_TRAINING_KEYS}
+    if admin:
+        return summary
+    public = {k: v for k, v in summary.items() if k not in PRIVATE_TRAINING_KEYS}
+    if public.get("context") is not None:  # the context model's training file, too
+        public["context"] = {k: v for k, v in public["context"].items() if k not in PRIVATE_TRAINING_KEYS}
+    return public
 
 
 @router.get("", response_model=ModelList)
