@@ -19,7 +19,8 @@ from .schemas import REFUSED
 MIN_REQUEST_TIMEOUT_S = 0.01
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every request
     return request.app.state.engine
 
 

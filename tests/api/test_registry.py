@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -78,3 +80,28 @@ def test_a_model_that_never_loaded_is_not_ready(tmp_path, built):
         registry.get("tiny")
     assert refused.value.headers["Retry-After"] and registry.entry("tiny").state == "failed"
     assert not registry.ready
+
+
+def test_the_heap_is_frozen_after_start_up_and_a_replaced_version_is_still_collected(tmp_path, built):
+    """settle_heap: after the start-up's loads every live object is in the collector's permanent generation
+    (full collections skip it); a reload gives the heap back to the ordinary collector, so the version it
+    replaces is freed, even where it sits in a reference cycle."""
+    shutil.copytree(built / "1", tmp_path / "tiny" / "1")
+    registry = registry_on(tmp_path)
+
+    async def main():
+        await registry.load_all()
+        frozen = gc.get_freeze_count()
+        first = weakref.ref(registry.get("tiny").model)
+        registry.get("tiny").model.cycle = [registry.get("tiny").model]  # only a collection can free it
+        shutil.copytree(built / "2", tmp_path / "tiny" / "2")
+        assert await registry.reload("tiny")
+        return frozen, gc.get_freeze_count(), first
+
+    try:
+        frozen, after_reload, first = asyncio.run(main())
+        gc.collect()
+        assert frozen > 0 and after_reload == 0
+        assert first() is None  # version 1 is gone
+    finally:
+        gc.unfreeze()  # the rest of the suite runs with the collector as usual
