@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test serve clean gpu-bundle gpu-check
+.PHONY: install lint test serve clean gpu-bundle gpu-check bench-tools
 
 install: $(STAMP)
 
@@ -35,6 +35,18 @@ clean:
 # The service on the bundled model repository (models/), at http://127.0.0.1:8000 (MADE_* variables apply).
 serve: $(STAMP)
 	$(BIN)/made serve $(SERVE_ARGS)
+
+# What the benchmarks need beyond the test setup (never CI): Debian's compiled load generators hey and wrk
+# (apt, as root), the bench extra (PyOD, matplotlib), psutil and TorchServe for bench/peers.py (--no-deps:
+# nothing may replace the pinned CPU torch), and PyTriton in a venv of its own, since it pins numpy<2:
+#   make bench-tools && PYTRITON_PYTHON=.pytriton-venv/bin/python .venv/bin/python bench/peers.py
+PYTRITON_VENV ?= .pytriton-venv
+bench-tools: $(STAMP)
+	command -v hey >/dev/null && command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq hey wrk)
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]" psutil
+	$(BIN)/python -m pip install --quiet --no-deps torchserve==0.12.0 torch-model-archiver==0.12.0
+	test -x $(PYTRITON_VENV)/bin/python || $(PYTHON) -m venv $(PYTRITON_VENV)
+	$(PYTRITON_VENV)/bin/python -m pip install --quiet nvidia-pytriton==0.7.0
 
 # The GPU check (docs/gpu.md): every CUDA path tested and measured, and a time-boxed MNIST training run, in
 # one command that writes $(GPU_CHECK_OUT)/summary.md. On a GPU machine whose image lacks our web stack:
