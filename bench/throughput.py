@@ -6,6 +6,9 @@ batching on (the default settings, --max-batch-rows 4096 --max-batch-delay-ms 2)
 (--max-batch-rows 1 --max-batch-delay-ms 0: every row is its own model call). Against each, C concurrent
 clients (asyncio tasks sharing one httpx client with C keep-alive connections) each send R JSON log-prob
 requests of B valid rows. Every request must answer 200 with B log-probabilities, or it counts as an error.
+The table also gives the CPU cores this script's client and the server used over the measured requests:
+a Python client at 64 connections can use most of a core itself, and then it, not the server, sets the
+rate; above half a core the output says CLIENT-BOUND (bench/peers.py measures the server with `hey`).
 
 Progress goes to stderr; the result is a markdown table on stdout (and, with --out FILE, in FILE together
 with the machine it ran on and the exact command line). The server is stopped with SIGTERM and must exit 0.
@@ -41,6 +44,7 @@ import importlib.metadata
 import json
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -72,7 +76,12 @@ COLUMNS = [
     "p95 ms",
     "p99 ms",
     "errors",
+    "client CPU cores",
+    "server CPU cores",
 ]
+# Above this share of a core, this script's own Python client is likely what limits the rate, not the
+# server: the table then says so (bench/peers.py drives the same server with the compiled `hey`).
+CLIENT_BOUND_CORES = 0.5
 
 
 def log(message: str) -> None:
@@ -259,6 +268,17 @@ class Outcome:
     error_samples: list[str] = field(default_factory=list)
     elapsed: float = 0.0
     batches: tuple[float, float] = (0.0, 0.0)  # (model calls, rows) of the measured requests, from /metrics
+    client_cpu_s: float = 0.0  # this process's user + system CPU time over the measured requests
+    server_cpu_s: float = 0.0  # the server process's, over the same window
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds so far of this process, or of process `pid` (from /proc)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 async def drive(
@@ -270,6 +290,7 @@ async def drive(
     per_client: int,
     max_seconds: float,
     warmup: int,
+    server_pid: int,
 ) -> Outcome:
     url = f"{base}/v1/models/{model}/log-prob"
     headers = {"content-type": "application/json"}
@@ -314,8 +335,11 @@ async def drive(
                     log(f"  {outcome.sent}/{clients * per_client} requests, {outcome.errors} errors")
 
         started = time.perf_counter()
+        client_cpu, server_cpu = cpu_seconds(), cpu_seconds(server_pid)
         await asyncio.gather(*(client_loop(i) for i in range(clients)))
         outcome.elapsed = time.perf_counter() - started
+        outcome.client_cpu_s = cpu_seconds() - client_cpu
+        outcome.server_cpu_s = cpu_seconds(server_pid) - server_cpu
         calls_after, rows_after = batch_stats((await client.get(metrics_url)).text, model)
         outcome.batches = (calls_after - calls_before, rows_after - rows_before)
         if outcome.elapsed > max_seconds:
@@ -360,6 +384,8 @@ def row_of(mode: str, args, outcome: Outcome) -> dict:
         "p95 ms": f"{percentile(latencies, 95) * 1000:.1f}",
         "p99 ms": f"{percentile(latencies, 99) * 1000:.1f}",
         "errors": outcome.errors,
+        "client CPU cores": f"{outcome.client_cpu_s / elapsed:.2f}",
+        "server CPU cores": f"{outcome.server_cpu_s / elapsed:.2f}",
     }
 
 
@@ -445,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.requests_per_client,
                         args.max_seconds,
                         args.warmup_requests,
+                        server.process.pid,
                     )
                 )
                 calls, batched_rows = outcome.batches
@@ -454,6 +481,13 @@ def main(argv: list[str] | None = None) -> int:
                         f"- {mode}: {int(calls)} model calls for {int(batched_rows)} rows "
                         f"({batched_rows / calls:.2f} rows per model call; server's made_batch_rows, "
                         "measured requests only)"
+                    )
+                client_cores = outcome.client_cpu_s / (outcome.elapsed or float("nan"))
+                if client_cores > CLIENT_BOUND_CORES:
+                    notes.append(
+                        f"- {mode}: CLIENT-BOUND: this script's Python client used {client_cores:.2f} of "
+                        f"{os.cpu_count()} cores, so these rates say more about the client than the server; "
+                        "bench/peers.py drives the server with the compiled `hey`"
                     )
                 for problem in outcome.error_samples:
                     log(f"  error: {problem}")
