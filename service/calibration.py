@@ -26,19 +26,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .context_model import N_CONTEXTS, ContextModel, template_for
+from .context_model import N_CONTEXTS, ContextModel, Template, template_for
 
 QUANTILE_LEVELS = 1001  # quantiles at 0, 0.001, ..., 1: the empirical distribution, compact for any n
 DEFAULT_FPR = 0.01
 TAIL_LEVEL = 0.9  # the exponential tail's scale is the mean excess over this quantile
-SCORES = ("nll_or_context", "nll")
 ScoreName = Literal["nll_or_context", "nll"]
+SCORES = get_args(ScoreName)  # ("nll_or_context", "nll")
 SPLIT_SEED = 0  # which held-out rows are the reference half for nll_or_context: recorded, reproducible
 
 
@@ -168,7 +168,7 @@ class ContextCounts(BaseModel):
     how often the context was seen, over the training rows (the probabilities follow from these)."""
 
     model_config = ConfigDict(extra="forbid")
-    template: Literal["jbig10", "previous10"]
+    template: Template
     rows: Annotated[int, Field(ge=1)]
     ones: list[Annotated[int, Field(ge=0)]]
     seen: list[Annotated[int, Field(ge=0)]]
@@ -383,8 +383,3 @@ def held_out_scores(
         if context is not None:
             code.append(context.code_length(x.to(context.p_one.device)).cpu().numpy())
     return np.concatenate(nll), (np.concatenate(code) if context is not None else None)
-
-
-def scores_of(model, x: torch.Tensor, masks: int, batch_rows: int = 4096) -> np.ndarray:
-    """Negative log-likelihoods (nats) of the rows of x, a batch at a time."""
-    return -torch.cat(list(model.log_prob_batches(x.split(batch_rows), masks))).numpy()

@@ -489,21 +489,33 @@ def _load(args):
     return model, config, masks
 
 
-def _log_probs(model, spec: str, masks: int, batch_rows: int):
-    """(rows in the file, the array's source, iterator of (start row, log p of a batch)), reading the file
-    once and a batch at a time where the format allows (a memory-mapped .npy)."""
+def _file_rows(model, spec: str, batch_rows: int):
+    """(rows in the file, the array's source, iterator of its validated (<= batch_rows, D) batches), reading
+    the file once and a batch at a time where the format allows (a memory-mapped .npy); a progress bar on a
+    terminal."""
     array, source = data.open_array(spec, role="eval")
 
     def batches():
-        start = 0
         rows = data.iter_batches(array, source, model.likelihood, model.n_dims, batch_rows)
         with tqdm(total=len(array), unit="row", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
-            for log_p in model.log_prob_batches(rows, masks):
-                yield start, log_p.numpy()
-                start += len(log_p)
-                bar.update(len(log_p))
+            for batch in rows:
+                yield batch
+                bar.update(len(batch))
 
     return len(array), source, batches()
+
+
+def _log_probs(model, spec: str, masks: int, batch_rows: int):
+    """(rows in the file, the array's source, iterator of (start row, log p of a batch))."""
+    n, source, rows = _file_rows(model, spec, batch_rows)
+
+    def batches():
+        start = 0
+        for log_p in model.log_prob_batches(rows, masks):
+            yield start, log_p.numpy()
+            start += len(log_p)
+
+    return n, source, batches()
 
 
 def _context_counts(
@@ -548,19 +560,11 @@ def _recorded_training_file(config) -> str | None:
 
 def _held_out_scores(model, spec: str, masks: int, context: ContextCounts | None, input_shape):
     """(source, NLL (N,), code lengths (N,) or None) of a held-out data file, a batch at a time."""
-    array, source = data.open_array(spec, role="eval")
-    batches = data.iter_batches(array, source, model.likelihood, model.n_dims, SCORE_BATCH_ROWS)
-    with tqdm(total=len(array), unit="row", disable=not sys.stderr.isatty(), file=sys.stderr) as bar:
-        nll, code_lengths = calibration.held_out_scores(
-            model, _counted(batches, bar), masks, _context_model(model, context, input_shape)
-        )
+    _, source, rows = _file_rows(model, spec, SCORE_BATCH_ROWS)
+    nll, code_lengths = calibration.held_out_scores(
+        model, rows, masks, _context_model(model, context, input_shape)
+    )
     return source, nll, code_lengths
-
-
-def _counted(batches, bar):
-    for batch in batches:
-        yield batch
-        bar.update(len(batch))
 
 
 def cmd_eval(args) -> int:

@@ -16,6 +16,8 @@ score.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,10 +28,10 @@ ORDER_1D = 10  # without a shape: the previous 10 dimensions, lag 1 is bit 0
 CONTEXT_BITS = 10
 N_CONTEXTS = 2**CONTEXT_BITS
 GATHER_BELOW_ROWS = 8  # measured: below 8 rows one gather is faster than ten shifts; above, far slower
-TEMPLATES = ("jbig10", "previous10")  # the names checkpoints record: 2-D template, or the previous dims
+Template = Literal["jbig10", "previous10"]  # the names checkpoints record: 2-D template, or the previous dims
 
 
-def template_for(input_shape: list[int] | tuple[int, ...] | None) -> str:
+def template_for(input_shape: list[int] | tuple[int, ...] | None) -> Template:
     """The template a model of rows with this input shape uses: JBIG's for images, else the previous 10."""
     return "jbig10" if input_shape is not None and len(input_shape) == 2 else "previous10"
 

@@ -151,7 +151,6 @@ def read_infer_request(body: bytes, header_length: str | None) -> InferInput:
         raise InvalidInput(
             "parameters.masks cannot be chosen with anomaly outputs: they use the calibration's"
         )
-
     return infer
 
 
