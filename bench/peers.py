@@ -61,6 +61,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -795,6 +796,49 @@ def run_rounds(
     return results
 
 
+def in_process_rows_per_s(model_dir: Path, rows: np.ndarray, repeats: int = 30) -> float:
+    """The reference for the 1 x 1,024 loads: the forward as our server calls it, compute.log_prob's batch
+    function for the model's default ensemble, in a compute thread of its own (torch's default threads, as
+    the server's), on the same rows; rows/s at the median of `repeats`, after 3 warm-up calls."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from service import checkpoint
+    from service.api import compute
+    from service.api.registry import ServedModel
+
+    model, config = checkpoint.load(model_dir)
+    served = ServedModel(model_dir.name, 1, model_dir, model, config, model.device, time.time(), 0.0)
+    forward = compute.log_prob(served, model.resolve_masks(None), False, False)
+    payloads = [(torch.from_numpy(rows.astype(np.float32)),)]
+    seconds = []
+    with ThreadPoolExecutor(1, thread_name_prefix="compute") as thread:
+        for _ in range(3):
+            thread.submit(forward, payloads).result()
+        for _ in range(repeats):
+            started = time.perf_counter()
+            thread.submit(forward, payloads).result()
+            seconds.append(time.perf_counter() - started)
+    return len(rows) / statistics.median(seconds)
+
+
+def against_in_process(
+    model_dir: Path, loads: list[Load], results: dict[tuple[str, str], list[RunResult]]
+) -> list[str]:
+    """Lines for the table's notes: ours on each 1 x 1,024 load as a share of the in-process forward."""
+    big = [load for load in loads if load.clients == 1 and ("ours", load.name) in results]
+    if not big:
+        return []
+    reference = in_process_rows_per_s(model_dir, validation_rows(max(load.rows for load in big)))
+    lines = [f"- in-process forward (compute thread, {big[0].rows} rows): {reference:,.0f} rows/s"]
+    for load in big:
+        ours = median_result(results["ours", load.name]).rows_per_s
+        lines.append(
+            f"- ours {load.name} over HTTP: {ours:,.0f} rows/s = {ours / reference:.0%} of in-process"
+        )
+    return lines
+
+
 def command_line() -> str:
     environment = (
         [f"PYTRITON_PYTHON={os.environ['PYTRITON_PYTHON']}"] if "PYTRITON_PYTHON" in os.environ else []
@@ -834,6 +878,8 @@ def main(argv: list[str] | None = None) -> int:
                 stop(process)
     print(table([server.name for server in servers], loads, results))
     print()
+    for line in against_in_process(model_dir, loads, results):
+        print(line)
     for name, reason in not_run.items():
         print(f"- {name}: not run: {reason}")
     if any(server.encode_json is kserve_v2_body for server in servers):

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from .. import __version__, logs
 from ..settings import Settings
 from . import errors
+from .direct import DirectRoutes
 from .engine import Engine
 from .middleware import RequestTracking
 from .routes import health, inference, kserve, models
@@ -18,6 +19,25 @@ DESCRIPTION = """Exact log-likelihoods, anomaly scores and samples from MADE den
 
 Errors are JSON: `{"error": {"code", "message", ...details}}` (under /v2: `{"error": "<message>"}`).
 Limits are in the server's settings (`MADE_*` environment variables); see docs/api.md."""
+
+
+class Service(FastAPI):
+    """FastAPI, with the direct routes (direct.py) answered ahead of its own layers; they are tracked by
+    the same RequestTracking as the routes FastAPI answers."""
+
+    def __init__(self, *, routers, access_log: bool, **kwargs):
+        super().__init__(**kwargs)
+        for router in routers:
+            self.include_router(router)
+        self.direct_routes = DirectRoutes(routers)
+        self.direct = RequestTracking(self.direct_routes, access_log=access_log)
+        self.add_middleware(RequestTracking, access_log=access_log)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.direct_routes.match(scope):
+            scope["app"] = self  # as Starlette sets it: Request.app, and the engine, are found through it
+            return await self.direct(scope, receive, send)
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,12 +52,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await engine.stop()
 
-    app = FastAPI(title="made-service", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = Service(
+        title="made-service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        routers=(health.router, models.router, inference.router, kserve.router),
+        access_log=settings.access_log,
+    )
     app.state.settings = settings
     errors.install(app)
-    for router in (health.router, models.router, inference.router, kserve.router):
-        app.include_router(router)
-    app.add_middleware(RequestTracking, access_log=settings.access_log)
     _openapi_with_served_examples(app, settings)
     return app
 

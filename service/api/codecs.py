@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from tokenize import TokenError
 
 import numpy as np
 import orjson
+import simdjson
 from PIL import Image
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -78,6 +80,67 @@ def parse_json(body: bytes) -> dict:
         raise MalformedRequest(f"malformed JSON: {exc}") from None
     if not isinstance(value, dict):
         raise MalformedRequest(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+# A simdjson parser keeps the buffers it grew for its largest document, and allocating them is most of the
+# cost of a fresh one (20 ms of 31 ms for 1,024 MNIST rows): one per thread is reused for bodies up to this
+# size, so a 100 MB body does not hold 100s of MB for the life of the server.
+REUSED_PARSER_BYTES = 16 * 1024 * 1024
+_parsers = threading.local()
+
+
+def _parser(size: int) -> simdjson.Parser:
+    if size > REUSED_PARSER_BYTES:
+        return simdjson.Parser()
+    if not hasattr(_parsers, "parser"):
+        _parsers.parser = simdjson.Parser()
+    return _parsers.parser
+
+
+def numeric_rows_from_json(body: bytes, field: str = "inputs") -> tuple[np.ndarray, dict] | None:
+    """(rows, the object's other members) of a JSON object whose `field` is a non-empty list of equal-length
+    rows of numbers only, read by simdjson straight into an array: no Python object per value,
+    ~4x faster than orjson + numpy at 1 row and at 1,024 rows. None for any other body (malformed JSON,
+    nulls, booleans, ragged or nested rows, a repeated key): rows_from_json reads those, and names what
+    is wrong, so both ways accept exactly the same bodies and give the same numbers."""
+    try:
+        # RuntimeError: the parser's last document is still referenced (only after an unexpected error)
+        document = _parser(len(body)).parse(body)
+        if not isinstance(document, simdjson.Object):
+            return None
+        keys = list(document.keys())
+        rows = document[field] if field in keys else None
+        if len(set(keys)) != len(keys) or not isinstance(rows, simdjson.Array) or len(rows) == 0:
+            return None
+        # Every "[" of the body opens the list or one of its rows: no nested lists (which as_buffer would
+        # flatten) and none anywhere else; a "[" inside another member's string only costs the fast way.
+        if body.count(b"[") != len(rows) + 1:
+            return None
+        width = len(rows[0]) if isinstance(rows[0], simdjson.Array) else -1
+        if width < 1 or not all(isinstance(row, simdjson.Array) and len(row) == width for row in rows):
+            return None
+        values = _numbers(rows)
+        others = {key: _python(document[key]) for key in keys if key != field}
+    except (ValueError, TypeError, KeyError, RuntimeError):
+        return None
+    return values.reshape(len(rows), width), others
+
+
+def _numbers(rows: simdjson.Array) -> np.ndarray:
+    """int64 if every value is written as an integer, else float64: the dtypes numpy gives the same values
+    from orjson, so validation and its messages ("value 2 at row 0") do not depend on the way taken."""
+    try:
+        return np.frombuffer(rows.as_buffer(of_type="i"), dtype=np.int64)
+    except (TypeError, ValueError):  # a value written as a float (or too big for int64)
+        return np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)  # TypeError: not a number
+
+
+def _python(value):
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
     return value
 
 

@@ -6,7 +6,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from ..settings import Settings
 from . import codecs
@@ -17,6 +17,8 @@ from .schemas import REFUSED
 # A deadline shorter than this could not be met by any request that waits for a batch (the batching
 # delay alone is 2 ms by default): it is refused (422) rather than answered with a certain 504.
 MIN_REQUEST_TIMEOUT_S = 0.01
+RequestTimeout = Annotated[float, Field(ge=MIN_REQUEST_TIMEOUT_S)]  # X-Request-Timeout, in seconds
+_REQUEST_TIMEOUT = TypeAdapter(RequestTimeout)
 
 
 async def get_engine(request: Request) -> Engine:
@@ -30,7 +32,7 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 async def request_deadline(
     engine: EngineDep,
     x_request_timeout: Annotated[
-        float | None,
+        RequestTimeout | None,
         Header(
             ge=MIN_REQUEST_TIMEOUT_S,
             description="seconds this request may wait in the queue (at least 0.01); lowers the server's "
@@ -42,6 +44,17 @@ async def request_deadline(
 
 
 DeadlineDep = Annotated[float, Depends(request_deadline)]
+
+
+def header_deadline(engine: Engine, header: str | None) -> float:
+    """request_deadline for the direct routes (direct.py), from the raw header: the same type checks it,
+    and a bad value gets the message FastAPI's validation gives (errors.install)."""
+    if header is None:
+        return engine.deadline(None)
+    try:
+        return engine.deadline(_REQUEST_TIMEOUT.validate_python(header, strict=False))
+    except ValidationError as exc:
+        raise InvalidInput(f"X-Request-Timeout: {exc.errors()[0]['msg']}") from None
 
 
 def has_admin_token(request: Request, engine: Engine) -> bool:
@@ -99,6 +112,10 @@ async def read_rows_and_options(request: Request, engine: Engine, options_model:
     if kind == codecs.NPY:
         options = validate_options(options_model, dict(request.query_params), strict=False)
         return options, codecs.rows_from_npy(body)
+    numeric = codecs.numeric_rows_from_json(body)
+    if numeric is not None:
+        rows, others = numeric
+        return validate_options(options_model, others), rows
     obj = codecs.parse_json(body)
     if "inputs" not in obj:
         raise InvalidInput("the body needs 'inputs': a list of rows", field="inputs")

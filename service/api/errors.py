@@ -235,11 +235,16 @@ def count(request: Request, code: str) -> None:
     counter.labels(model=model, reason=code).inc()
 
 
+def api_error_response(request: Request, exc: APIError) -> Response:
+    """The answer to an APIError, counted: FastAPI's exception handler and the direct routes both use it."""
+    count(request, exc.code)
+    return error_response(request.url.path, exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
-        count(request, exc.code)
-        return error_response(request.url.path, exc.status, exc.code, exc.message, exc.details, exc.headers)
+        return api_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

@@ -67,6 +67,9 @@ def serve(settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
         server_header=False,
+        # Nothing here reads the client's address or scheme; uvicorn's rewriting of them from X-Forwarded-*
+        # would be a layer on every request for no use.
+        proxy_headers=False,
         http=protocol_factory(settings.read_timeout_s, settings.max_header_bytes),
         timeout_keep_alive=settings.keep_alive_s,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import orjson
 import pytest
 from PIL import Image
 from starlette.requests import Request
@@ -30,6 +31,63 @@ def test_json_rows_keep_integers_turn_booleans_to_bits_and_nulls_to_nan():
     assert codecs.rows_from_json([[True, False]]).dtype == np.uint8
     rows = codecs.rows_from_json([[0.5, None]])
     assert rows[0, 0] == 0.5 and np.isnan(rows[0, 1])
+
+
+def the_general_way(body: bytes) -> tuple[np.ndarray, dict]:
+    document = codecs.parse_json(body)
+    return codecs.rows_from_json(document["inputs"]), {k: v for k, v in document.items() if k != "inputs"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"inputs": [[0, 1], [1, 1]], "masks": 2}',
+        b'{"per_dimension": true, "inputs": [[0.5, -1e-3, 2E5]]}',
+        b'{"inputs":[[1, 2.0]], "fpr": 0.01, "score": "nll"}',
+        b'{"inputs": [[-0.0, 1e-320, 9007199254740993]], "o": {"a": 1}}',
+        orjson.dumps({"inputs": np.random.default_rng(0).integers(0, 2, (64, 784)).tolist()}),
+        orjson.dumps({"inputs": np.random.default_rng(1).normal(size=(8, 50)).tolist()}),
+    ],
+)
+def test_numeric_json_rows_are_read_fast_as_the_general_way_reads_them(body):
+    rows, others = codecs.numeric_rows_from_json(body)
+    expected_rows, expected_others = the_general_way(body)
+    assert rows.dtype == expected_rows.dtype and rows.shape == expected_rows.shape
+    np.testing.assert_array_equal(rows, expected_rows)
+    assert others == expected_others
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"inputs": [[0, null]]}',  # a missing value: NaN, the general way
+        b'{"inputs": [[true, false]]}',  # booleans become bits, the general way
+        b'{"inputs": [[0, 1], [1]]}',  # ragged: named there
+        b'{"inputs": [[0, 1], [1, 0, 1], [1]]}',  # ragged with as many values as 3 full rows
+        b'{"inputs": [[[0], [1]]]}',  # nested: as_buffer would flatten it
+        b'{"inputs": [0, 1]}',  # not rows
+        b'{"inputs": []}',
+        b'{"inputs": [[]]}',
+        b'{"inputs": [[0, "1"]]}',
+        b'{"inputs": [[0]], "inputs": [[1]]}',  # orjson keeps the last, simdjson would give the first
+        b'{"inputs": [[0, 1]], "note": "[x]"}',  # a "[" elsewhere: the general way, to be sure
+        b'{"inputs": [[0, 1e400]]}',
+        b'{"inputs": [[0, 1]]} trailing',
+        b"[[0, 1]]",
+        b'{"rows": [[0, 1]]}',
+        b"",
+    ],
+)
+def test_any_other_body_is_left_to_the_general_way(body):
+    assert codecs.numeric_rows_from_json(body) is None
+
+
+def test_the_fast_way_recovers_after_a_body_it_refused():
+    """The parser is reused per thread: a refused body must leave nothing that blocks the next parse."""
+    for body in (b'{"inputs": [[0, "x"]]}', b'{"inputs": [[0, 1]], "inputs": [[1, 1]]}', b"{"):
+        assert codecs.numeric_rows_from_json(body) is None
+        rows, _ = codecs.numeric_rows_from_json(b'{"inputs": [[1, 0]]}')
+        assert rows.tolist() == [[1, 0]]
 
 
 @pytest.mark.parametrize(

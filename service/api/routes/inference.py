@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from .. import codecs
 from ..deps import DeadlineDep, EngineDep, body_docs, read_rows_and_options, validate_options
+from ..direct import direct
 from ..errors import (
     ComputeFailed,
     DeadlineExceeded,
@@ -73,6 +74,7 @@ ERRORS = (
     responses=responses(*ERRORS),
     openapi_extra=body_docs(LogProbRequest, npy=True, query=LogProbOptions),
 )
+@direct
 async def log_prob(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """Exact log p(x) in nats for each row, from one network pass per mask (K masks average probabilities).
 
@@ -98,6 +100,7 @@ async def log_prob(name: str, request: Request, engine: EngineDep, deadline: Dea
     responses=responses(*ERRORS, NotCalibrated),
     openapi_extra=body_docs(AnomalyRequest, npy=True, query=AnomalyOptions) | ANSWERS_JSON_NPY_OR_PNG,
 )
+@direct
 async def anomaly(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """Anomaly score (`score`: nll_or_context, the default for models of 0/1 rows, or nll), p-value against
     the model's calibration data, and a flag at the threshold for the requested false-positive rate; with
@@ -162,6 +165,7 @@ async def anomaly(name: str, request: Request, engine: EngineDep, deadline: Dead
     responses=responses(*ERRORS, NotCalibrated),
     openapi_extra=body_docs(DriftRequest, npy=True, query=DriftOptions),
 )
+@direct
 async def drift(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """Has the data drifted? A two-sample Kolmogorov-Smirnov test of the batch's anomaly scores against the
     model's calibration scores: `is_drift` when the p-value is below `alpha` (default 0.01). At least
@@ -192,6 +196,7 @@ async def drift(name: str, request: Request, engine: EngineDep, deadline: Deadli
     responses=responses(*ERRORS),
     openapi_extra=body_docs(SampleRequest) | ANSWERS_JSON_NPY_OR_PNG,
 )
+@direct
 async def sample(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """Draw n samples; the same seed gives the same samples. With `observed`, draw n completions of a
     partly observed vector from p(x_missing | x_observed) (inpainting), keeping the observed values exactly.

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from ... import __version__
 from .. import codecs, v2_codec
 from ..deps import DeadlineDep, EngineDep, body_docs
+from ..direct import direct
 from ..engine import Engine
 from ..errors import (
     DeadlineExceeded,
@@ -169,6 +170,7 @@ async def model_version_ready(name: str, version: str, engine: EngineDep) -> Res
     openapi_extra=INFER_DOCS,
     responses=v2_responses(*INFER_ERRORS),
 )
+@direct
 async def infer(name: str, request: Request, engine: EngineDep, deadline: DeadlineDep) -> Response:
     """log p(x) for an input tensor [N, D]; output `log_prob` [N] in nats."""
     return await _infer(engine, request, name, None, deadline)
@@ -180,6 +182,7 @@ async def infer(name: str, request: Request, engine: EngineDep, deadline: Deadli
     openapi_extra=INFER_DOCS,
     responses=v2_responses(*INFER_ERRORS),
 )
+@direct
 async def infer_version(
     name: str, version: str, request: Request, engine: EngineDep, deadline: DeadlineDep
 ) -> Response:

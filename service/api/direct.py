@@ -1,0 +1,115 @@
+"""The inference routes without the framework's per-request layers.
+
+FastAPI declares every route: it builds the OpenAPI document and routes and validates everything else. For
+the POST inference routes its layers cost more than the model does at small requests. A profile under 64
+clients x 1-row log-prob requests put about half of the event loop's core in routing over every route,
+dependency solving and the exception and exit-stack layers, against 7% in the route function itself.
+
+So the routes marked `@direct` are answered before FastAPI's layers (app.Service), inside the same request
+tracking as every other route. A request's path is matched by its segments; the route function gets the
+arguments FastAPI would give it (path parameters, the Request, the engine, the deadline from
+X-Request-Timeout), and it is the same function. An APIError becomes the same response it gets under
+FastAPI (errors.api_error_response). Every other request goes to FastAPI unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import errors
+from .deps import header_deadline
+
+Endpoint = Callable[..., Awaitable[Response]]
+# what a direct route function may ask for, besides its path parameters
+GIVEN = frozenset({"request", "engine", "deadline"})
+
+
+def direct(endpoint: Endpoint) -> Endpoint:
+    """Marks a route function to be called by DirectRoutes. Its parameters must be its path parameters and
+    any of `request`, `engine` and `deadline` (what DirectRoutes gives; checked when the table is built)."""
+    endpoint.direct = True
+    return endpoint
+
+
+@dataclass(frozen=True)
+class DirectRoute:
+    path: str  # the template as declared (`/v1/models/{name}/log-prob`): the metrics' route label too
+    method: str
+    endpoint: Endpoint
+    segments: tuple[str | None, ...]  # the path split at "/", None where a path parameter goes
+    params: tuple[str, ...]  # the path parameters' names, in order
+    wants: frozenset[str]  # which of GIVEN the function takes
+
+    @classmethod
+    def of(cls, route: APIRoute) -> DirectRoute:
+        (method,) = route.methods
+        segments = tuple(None if s.startswith("{") else s for s in route.path.split("/"))
+        params = tuple(s.strip("{}") for s in route.path.split("/") if s.startswith("{"))
+        taken = set(inspect.signature(route.endpoint).parameters)
+        if not taken <= GIVEN | set(params) or route.dependencies:
+            raise TypeError(
+                f"{route.path}: a direct route takes only {sorted(GIVEN)} and its path parameters"
+            )
+        return cls(route.path, method, route.endpoint, segments, params, frozenset(taken & GIVEN))
+
+    def match(self, parts: list[str]) -> dict[str, str] | None:
+        """The path parameters, if `parts` (a path split at "/") is this route's path."""
+        if len(parts) != len(self.segments):
+            return None
+        values = []
+        for part, segment in zip(parts, self.segments, strict=True):
+            if segment is None:
+                if not part:  # a parameter is never empty, as in Starlette's `{name}`
+                    return None
+                values.append(part)
+            elif part != segment:
+                return None
+        return dict(zip(self.params, values, strict=True))
+
+
+class DirectRoutes:
+    """The `@direct` routes of `routers` (APIRouters the app includes as they are, with no prefix of its
+    own): `match` finds a request's route and path parameters (into the scope, where FastAPI puts them),
+    and calling it answers the request matched."""
+
+    def __init__(self, routers):
+        self.routes = [
+            DirectRoute.of(route)
+            for router in routers
+            for route in router.routes
+            if isinstance(route, APIRoute) and getattr(route.endpoint, "direct", False)
+        ]
+        self.methods = frozenset(route.method for route in self.routes)
+
+    def match(self, scope) -> bool:
+        if scope["type"] != "http" or scope["method"] not in self.methods:
+            return False
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # as Starlette's routing does behind a path prefix
+            path = path[len(root) :]
+        parts = path.split("/")
+        for route in self.routes:
+            if route.method == scope["method"] and (params := route.match(parts)) is not None:
+                scope["route"], scope["path_params"] = route, params
+                return True
+        return False
+
+    async def __call__(self, scope, receive, send):
+        route: DirectRoute = scope["route"]
+        request = Request(scope, receive)
+        engine = scope["app"].state.engine
+        given = {"request": request, "engine": engine}
+        try:
+            if "deadline" in route.wants:
+                given["deadline"] = header_deadline(engine, request.headers.get("x-request-timeout"))
+            response = await route.endpoint(**scope["path_params"], **{k: given[k] for k in route.wants})
+        except errors.APIError as exc:
+            response = errors.api_error_response(request, exc)
+        await response(scope, receive, send)

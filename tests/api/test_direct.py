@@ -1,0 +1,90 @@
+"""The direct routes: which routes skip FastAPI's layers, and how a request finds one (the answers
+themselves are tested against the real server, where every inference request takes this way)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import APIRouter, Request
+
+from service.api.app import create_app
+from service.api.direct import DirectRoute, DirectRoutes, direct
+from service.settings import Settings
+
+INFERENCE = {
+    ("POST", "/v1/models/{name}/log-prob"),
+    ("POST", "/v1/models/{name}/anomaly"),
+    ("POST", "/v1/models/{name}/drift"),
+    ("POST", "/v1/models/{name}/sample"),
+    ("POST", "/v2/models/{name}/infer"),
+    ("POST", "/v2/models/{name}/versions/{version}/infer"),
+}
+
+
+def scope(path: str, method: str = "POST", root_path: str = "") -> dict:
+    return {"type": "http", "method": method, "path": path, "root_path": root_path, "headers": []}
+
+
+@pytest.fixture(scope="module")
+def routes(tmp_path_factory) -> DirectRoutes:
+    app = create_app(Settings(model_repository=tmp_path_factory.mktemp("models")))
+    return app.direct_routes
+
+
+def test_the_inference_routes_and_only_they_are_direct(routes):
+    assert {(route.method, route.path) for route in routes.routes} == INFERENCE
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/v1/models/mnist/log-prob", {"name": "mnist"}),
+        ("/v1/models/a.b-c/sample", {"name": "a.b-c"}),
+        ("/v2/models/m/versions/3/infer", {"name": "m", "version": "3"}),
+        ("/v2/models/m/infer", {"name": "m"}),
+    ],
+)
+def test_a_request_finds_its_route_and_path_parameters(routes, path, params):
+    request = scope(path)
+    assert routes.match(request)
+    assert request["path_params"] == params
+    assert (request["route"].method, request["route"].path) in INFERENCE
+
+
+@pytest.mark.parametrize(
+    "request_scope",
+    [
+        scope("/v1/models//log-prob"),  # a parameter is never empty
+        scope("/v1/models/m/log-prob/"),
+        scope("/v1/models/m/log-prob", method="GET"),  # FastAPI's: 405
+        scope("/v1/models/m"),
+        scope("/v1/models/m/reload"),  # an admin route, with its own dependency
+        scope("/metrics", method="GET"),
+        {"type": "websocket", "path": "/v1/models/m/log-prob"},
+    ],
+)
+def test_anything_else_is_left_to_fastapi(routes, request_scope):
+    assert not routes.match(request_scope)
+    assert "route" not in request_scope
+
+
+def test_a_path_prefix_is_stripped_as_starlette_does(routes):
+    request = scope("/made/v1/models/m/anomaly", root_path="/made")
+    assert routes.match(request) and request["path_params"] == {"name": "m"}
+
+
+def test_a_direct_route_takes_only_what_it_is_given():
+    router = APIRouter()
+
+    @router.post("/x/{name}")
+    @direct
+    async def fine(name: str, request: Request, deadline: float):
+        return None
+
+    @router.post("/y/{name}")
+    @direct
+    async def wants_more(name: str, request: Request, user: str):
+        return None
+
+    assert DirectRoute.of(router.routes[0]).wants == {"request", "deadline"}
+    with pytest.raises(TypeError, match="a direct route takes only"):
+        DirectRoute.of(router.routes[1])
