@@ -19,7 +19,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # versions too old for them. numpy, safetensors, httpx, prometheus-client, tqdm, pillow, anyio, h11, click,
 # pytest and pytest-timeout are there already.
 PACKAGES=(fastapi starlette uvicorn pydantic pydantic_core pydantic-settings python-dotenv annotated-types
-          typing-inspection typing_extensions annotated-doc orjson)
+          typing-inspection typing_extensions annotated-doc orjson pysimdjson)
 PYTHON_VERSION=3.12
 PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
            manylinux1_x86_64)

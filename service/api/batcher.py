@@ -64,6 +64,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+class Holding:
+    """How many requests are inside the batchers of the server (queued or computing), shared by them all."""
+
+    def __init__(self):
+        self.requests = 0
+
+
 class QueueBudget:
     """How many requests may wait, across the batchers of one model and operation."""
 
@@ -104,8 +111,13 @@ class Batcher:
         max_delay_s: float,
         max_queue_requests: int,
         budget: QueueBudget | None = None,
+        holding: Holding | None = None,
+        others_coming: Callable[[], bool] | None = None,
     ):
         self.model, self.operation = model, operation
+        self.holding = holding or Holding()
+        # Whether a request not yet queued may still join (None: assume so, and always give it the delay).
+        self.others_coming = others_coming
         self.compute = compute
         self.executor = executor
         self.max_batch_rows = max_batch_rows
@@ -167,6 +179,7 @@ class Batcher:
         self._queue.extend(parts)
         self._arrived.set()
         futures = [p.future for p in parts]
+        self.holding.requests += 1
         try:
             _, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
             if pending and any(not p.taken for p in parts):
@@ -179,6 +192,7 @@ class Batcher:
                 if not p.future.done():
                     p.future.cancel()
             self._leave_queue(request)
+            self.holding.requests -= 1
         return join_rows(results)
 
     def _leave_queue(self, request: _Request) -> None:
@@ -194,9 +208,12 @@ class Batcher:
             while not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
-            # Give others until the first part's delay runs out to join, unless the batch is full already.
+            # Give others until the first part's delay runs out to join, unless the batch is full already
+            # or no request is on its way (every one in flight is in a batcher): then the delay is only lost.
             collect_until = self._queue[0].request.enqueued + self.max_delay_s
             while self._queued_rows() < self.max_batch_rows and not self._closed:
+                if self.others_coming is not None and not self.others_coming():
+                    break
                 remaining = collect_until - loop.time()
                 if remaining <= 0:
                     break
@@ -310,9 +327,21 @@ class Batchers:
     the versions before it stop taking work and close once their queues are drained."""
 
     def __init__(
-        self, executor: Executor, *, max_batch_rows: int, max_delay_s: float, max_queue_requests: int
+        self,
+        executor: Executor,
+        *,
+        max_batch_rows: int,
+        max_delay_s: float,
+        max_queue_requests: int,
+        requests_in_flight: Callable[[], int] | None = None,
     ):
+        """`requests_in_flight`: how many requests the server is handling. While every one of them is in a
+        batcher already, no batch waits for others to join (None: every batch waits its delay)."""
         self.executor = executor
+        self.holding = Holding()
+        self.others_coming = (
+            None if requests_in_flight is None else lambda: requests_in_flight() > self.holding.requests
+        )
         self.max_batch_rows, self.max_delay_s = max_batch_rows, max_delay_s
         self.max_queue_requests = max_queue_requests
         # (name, operation, options) -> (the snapshot it computes with, its batcher)
@@ -340,6 +369,8 @@ class Batchers:
             max_delay_s=self.max_delay_s,
             max_queue_requests=self.max_queue_requests,
             budget=budget,
+            holding=self.holding,
+            others_coming=self.others_coming,
         )
         batcher.start()
         self._current[key] = (served, batcher)

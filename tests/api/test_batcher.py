@@ -79,6 +79,72 @@ def test_concurrent_requests_merge_and_get_their_own_rows_back():
     assert len(compute.batches) < 10 and sum(map(sum, compute.batches)) == 30  # merged, nothing lost
 
 
+def test_a_batch_waits_for_others_only_while_a_request_is_on_its_way():
+    """With `others_coming` false (every request in flight is in a batcher already), a batch goes at once:
+    a request that arrives afterwards gets a batch of its own, however long the delay. While one is on its
+    way, the batch waits and the later request joins it."""
+    on_the_way = {"value": False}
+
+    async def main():
+        compute = Recorder()
+        batcher = make(compute, max_delay_s=30.0, others_coming=lambda: on_the_way["value"])
+        batcher.start()
+        deadline = asyncio.get_running_loop().time() + 60
+        first = asyncio.ensure_future(batcher.submit((rows(0, 2),), deadline))
+        await asyncio.wait_for(asyncio.shield(first), timeout=10)  # not the 30 s delay
+        second = await batcher.submit((rows(10, 1),), deadline)
+        alone = list(compute.batches)
+        compute.batches.clear()
+        on_the_way["value"] = True
+        third = asyncio.ensure_future(batcher.submit((rows(20, 2),), deadline))
+        await asyncio.sleep(0.2)
+        assert not third.done()  # waiting for the one on its way
+        fourth = asyncio.ensure_future(batcher.submit((rows(30, 1),), deadline))
+        await asyncio.sleep(0.05)
+        on_the_way["value"] = False
+        batcher._arrived.set()  # as an arrival would: the loop looks again
+        results = await asyncio.wait_for(asyncio.gather(third, fourth), timeout=10)
+        await batcher.close()
+        return first.result(), second, alone, results, compute.batches
+
+    first, second, alone, (third, fourth), together = run(main())
+    assert alone == [[2], [1]]
+    assert together == [[2, 1]]
+    assert torch.equal(first[0], 2 * rows(0, 2)) and torch.equal(second[0], 2 * rows(10, 1))
+    assert torch.equal(third[0], 2 * rows(20, 2)) and torch.equal(fourth[0], 2 * rows(30, 1))
+
+
+def test_batchers_count_the_requests_they_hold_against_those_in_flight():
+    in_flight = {"value": 0}
+
+    async def main():
+        batchers = Batchers(
+            ThreadPoolExecutor(1),
+            max_batch_rows=64,
+            max_delay_s=0.01,
+            max_queue_requests=10,
+            requests_in_flight=lambda: in_flight["value"],
+        )
+        compute = Recorder()
+        compute.gate.clear()
+        served = Snapshot("m", 1)
+        batcher = batchers.get(served, "op", None, compute)
+        in_flight["value"] = 2
+        pending = asyncio.ensure_future(batcher.submit((rows(0, 1),), asyncio.get_running_loop().time() + 5))
+        await asyncio.sleep(0.05)
+        seen = (batchers.holding.requests, batchers.others_coming())
+        in_flight["value"] = 1
+        seen_after = batchers.others_coming()
+        compute.gate.set()
+        await pending
+        left = batchers.holding.requests
+        await batchers.close()
+        return seen, seen_after, left
+
+    (holding, coming), coming_after, left = run(main())
+    assert holding == 1 and coming and not coming_after and left == 0
+
+
 def test_big_requests_are_split_never_refused_and_come_back_in_order():
     compute = Recorder()
     (result,) = run(submit_once(compute, 100, max_batch_rows=16))
