@@ -5,6 +5,7 @@ Starts each peer once on 127.0.0.1, every one serving log p(x) (nats) of 784-dim
 same checkpoint (--model, default runs/oneclass/m8: issue 15's light 784-500 model, from bench/anomaly.py):
 
     ours           `made serve` (dynamic batching at its defaults), POST /v1/models/<name>/log-prob
+    ours-2-workers `made serve --workers 2`: a process per core, each with its own models and batchers
     fastapi-plain  a minimal FastAPI app under uvicorn: no batching, torch.set_num_threads(1)
     torchserve     TorchServe with a generated handler, batching on (batch 64, 2 ms delay, 1 worker)
     pytriton       Triton Inference Server through PyTriton (dynamic batcher: 4096 rows, 2 ms), when it can
@@ -28,6 +29,9 @@ when a run has under 100 requests, where hey prints no p99); CPU s is the server
 tree's user+system CPU time during the measured run; peak RSS is VmHWM summed over the tree (reset
 before each run through /proc/<pid>/clear_refs where the kernel allows it, else a lifetime peak).
 hey runs on the same machine and competes with the servers for its cores.
+
+After the table, ours on the 1 x 1,024 loads as a share of the in-process forward: compute.log_prob's
+batch function on the same 1,024 rows in a compute thread, as the server calls it (median of 30).
 
 Progress goes to stderr; the table and a line saying where and how it ran go to stdout.
 
@@ -82,7 +86,7 @@ WARMUP_SECONDS = 3
 START_TIMEOUT_S = 240
 JSON_TYPE = "application/json"
 NPY_TYPE = "application/x-npy"
-ALL_SERVERS = ("ours", "fastapi-plain", "torchserve", "pytriton")
+ALL_SERVERS = ("ours", "ours-2-workers", "fastapi-plain", "torchserve", "pytriton")
 LAUNCHED: list[subprocess.Popen] = []  # every server process started, so that exit can stop them all
 
 
@@ -292,19 +296,27 @@ def model_repository(model_dir: Path, workdir: Path) -> tuple[Path, str]:
     return repository, "model"
 
 
-def start_ours(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
+def start_ours(model_dir: Path, workdir: Path, check_body: bytes, workers: int = 1) -> Server:
     repository, name = model_repository(model_dir, workdir)
     port = free_port()
     command = [str(VENV_BIN / "made"), "serve", "--model-repository", str(repository), "--port", str(port)]
+    label = "ours" if workers == 1 else f"ours-{workers}-workers"
+    if workers > 1:
+        command += ["--workers", str(workers)]
     server = Server(
-        "ours",
+        label,
         f"http://{HOST}:{port}/v1/models/{name}/log-prob",
-        launch(command, workdir, "ours"),
-        workdir / "ours.log",
+        launch(command, workdir, label),
+        workdir / f"{label}.log",
         accepts_npy=True,
     )
     wait_until_ready(server, lambda: http_status(f"http://{HOST}:{port}/readyz") == 200)
     return server
+
+
+def start_ours_2_workers(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
+    """`made serve --workers 2`: a process per core, each with its own models and batchers."""
+    return start_ours(model_dir, workdir, check_body, workers=2)
 
 
 PLAIN_APP = '''\
@@ -566,6 +578,7 @@ def start_pytriton(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
 
 STARTERS: dict[str, Callable[[Path, Path, bytes], Server]] = {
     "ours": start_ours,
+    "ours-2-workers": start_ours_2_workers,
     "fastapi-plain": start_fastapi_plain,
     "torchserve": start_torchserve,
     "pytriton": start_pytriton,
