@@ -291,8 +291,9 @@ def model_repository(model_dir: Path, workdir: Path) -> tuple[Path, str]:
     if model_dir.name.isdigit():
         return model_dir.parent.parent, model_dir.parent.name
     repository = workdir / "repository"
-    (repository / "model").mkdir(parents=True)
-    (repository / "model" / "1").symlink_to(model_dir)
+    if not (repository / "model" / "1").exists():  # made once, served by each of ours
+        (repository / "model").mkdir(parents=True)
+        (repository / "model" / "1").symlink_to(model_dir)
     return repository, "model"
 
 
