@@ -50,8 +50,10 @@ class Likelihood:
     def sample(self, params: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:  # (B,P),(B,R) -> (B,)
         raise NotImplementedError
 
+    # in_support takes a torch tensor or a numpy array alike (operators and methods both have), so request
+    # rows are checked in numpy (data.validate).
     def in_support(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> bool (B, D)
-        return torch.isfinite(x)
+        return abs(x) < math.inf  # finite: NaN and +-Inf compare false
 
     # The fast sampler turns all noise into whatever form makes one dimension's draw cheapest, once.
     def prepare_noise(self, noise: torch.Tensor) -> torch.Tensor:  # (n, D, R) -> (n, D, R')
@@ -124,7 +126,7 @@ class Categorical(Likelihood):
         return inverse_cdf_index(torch.softmax(params, dim=1), noise[:, 0]).to(params.dtype)
 
     def in_support(self, x):
-        return (x == torch.round(x)) & (x >= 0) & (x < self.categories)
+        return (x == x.round()) & (x >= 0) & (x < self.categories)
 
     def spec(self):
         return {"name": self.name, "categories": self.categories}
