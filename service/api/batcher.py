@@ -128,7 +128,13 @@ class Batcher:
         self._busy = False
         self._closed = False
         self._loop_task: asyncio.Task | None = None
-        self._labels = {"model": model, "operation": operation}
+        # this batcher's series, bound once: labels() on every request costs more than the update itself
+        labels = {"model": model, "operation": operation}
+        self._request_rows = metrics.REQUEST_ROWS.labels(**labels)
+        self._queue_depth = metrics.QUEUE_DEPTH.labels(**labels)
+        self._queue_wait = metrics.QUEUE_WAIT.labels(**labels)
+        self._batch_rows = metrics.BATCH_ROWS.labels(**labels)
+        self._compute_seconds = metrics.COMPUTE.labels(**labels)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -170,12 +176,12 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         n = rows_of(payload)
-        metrics.REQUEST_ROWS.labels(**self._labels).observe(n)
+        self._request_rows.observe(n)
         bounds = [(s, min(s + self.max_batch_rows, n)) for s in range(0, n, self.max_batch_rows)]
         request = _Request(parts_waiting=len(bounds), enqueued=loop.time(), deadline=deadline)
         parts = [_Part(slice_rows(payload, a, b), request, loop.create_future()) for a, b in bounds]
         self.budget.waiting += 1
-        metrics.QUEUE_DEPTH.labels(**self._labels).inc()
+        self._queue_depth.inc()
         self._queue.extend(parts)
         self._arrived.set()
         futures = [p.future for p in parts]
@@ -199,7 +205,7 @@ class Batcher:
         if request.in_queue:
             request.in_queue = False
             self.budget.waiting -= 1
-            metrics.QUEUE_DEPTH.labels(**self._labels).dec()
+            self._queue_depth.dec()
 
     # ---- the loop side -----------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -249,20 +255,20 @@ class Batcher:
             rows += part.rows
             part.request.parts_waiting -= 1
             if part.request.parts_waiting == 0 and part.request.in_queue:
-                metrics.QUEUE_WAIT.labels(**self._labels).observe(now - part.request.enqueued)
+                self._queue_wait.observe(now - part.request.enqueued)
                 self._leave_queue(part.request)
         return batch
 
     async def _execute(self, batch: list[_Part]) -> None:
         loop = asyncio.get_running_loop()
         rows = sum(p.rows for p in batch)
-        metrics.BATCH_ROWS.labels(**self._labels).observe(rows)
+        self._batch_rows.observe(rows)
         started = time.perf_counter()
         try:
             outcomes = await loop.run_in_executor(self.executor, self._guarded, [p.payload for p in batch])
         except Exception as exc:  # the executor itself failed: nobody may hang
             outcomes = [ComputeFailed(f"model computation failed: {exc}")] * len(batch)
-        metrics.COMPUTE.labels(**self._labels).observe(time.perf_counter() - started)
+        self._compute_seconds.observe(time.perf_counter() - started)
         for part, outcome in zip(batch, outcomes, strict=True):
             if part.future.done():  # the client went away while its batch was computing
                 continue

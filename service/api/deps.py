@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 from typing import Annotated
 
@@ -105,6 +106,12 @@ def validate_options(
         raise InvalidInput(f"{where}: {err['msg']}", field=where) from None
 
 
+@functools.cache
+def default_options(model: type[BaseModel]):
+    """The options of a body that gives none, validated once (routes read options, never change them)."""
+    return validate_options(model, {})
+
+
 async def read_rows_and_options(request: Request, engine: Engine, options_model: type[BaseModel]):
     """(options, rows) from a JSON body, or from an .npy body with the options in the query string."""
     kind = codecs.require_content_type(request, codecs.JSON, codecs.NPY)
@@ -115,7 +122,7 @@ async def read_rows_and_options(request: Request, engine: Engine, options_model:
     numeric = codecs.numeric_rows_from_json(body)
     if numeric is not None:
         rows, others = numeric
-        return validate_options(options_model, others), rows
+        return (validate_options(options_model, others) if others else default_options(options_model)), rows
     obj = codecs.parse_json(body)
     if "inputs" not in obj:
         raise InvalidInput("the body needs 'inputs': a list of rows", field="inputs")

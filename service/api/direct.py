@@ -56,6 +56,8 @@ class DirectRoute:
             raise TypeError(
                 f"{route.path}: a direct route takes only {sorted(GIVEN)} and its path parameters"
             )
+        if segments[-1] is None:  # DirectRoutes looks routes up by their last segment
+            raise TypeError(f"{route.path}: a direct route's path ends in a literal segment")
         return cls(route.path, method, route.endpoint, segments, params, frozenset(taken & GIVEN))
 
     def match(self, parts: list[str]) -> dict[str, str] | None:
@@ -85,18 +87,22 @@ class DirectRoutes:
             for route in router.routes
             if isinstance(route, APIRoute) and getattr(route.endpoint, "direct", False)
         ]
-        self.methods = frozenset(route.method for route in self.routes)
+        # the candidates by method, number of segments and last segment (every direct path ends in a literal)
+        self.candidates: dict[tuple[str, int, str | None], list[DirectRoute]] = {}
+        for route in self.routes:
+            key = (route.method, len(route.segments), route.segments[-1])
+            self.candidates.setdefault(key, []).append(route)
 
     def match(self, scope) -> bool:
-        if scope["type"] != "http" or scope["method"] not in self.methods:
+        if scope["type"] != "http":
             return False
         path = scope["path"]
         root = scope.get("root_path", "")
         if root and path.startswith(root):  # as Starlette's routing does behind a path prefix
             path = path[len(root) :]
         parts = path.split("/")
-        for route in self.routes:
-            if route.method == scope["method"] and (params := route.match(parts)) is not None:
+        for route in self.candidates.get((scope["method"], len(parts), parts[-1]), ()):
+            if (params := route.match(parts)) is not None:
                 scope["route"], scope["path_params"] = route, params
                 return True
         return False

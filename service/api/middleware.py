@@ -23,6 +23,9 @@ class RequestTracking:
     def __init__(self, app, access_log: bool = False):
         self.app = app
         self.access_log = access_log
+        # (route, method, model, status) -> its latency series: labels() per request costs more than
+        # observing (the label values are bounded: templates, served models, statuses)
+        self._durations: dict[tuple[str, str, str, int], object] = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -74,9 +77,13 @@ class RequestTracking:
             template = getattr(route, "path", None) or "unmatched"
             name = (scope.get("path_params") or {}).get("name", "")
             model = name if engine is not None and name in engine.registry.entries else ""
-            metrics.REQUEST_DURATION.labels(
-                route=template, method=scope["method"], model=model, status=str(status)
-            ).observe(elapsed)
+            key = (template, scope["method"], model, status)
+            series = self._durations.get(key)
+            if series is None:
+                series = self._durations[key] = metrics.REQUEST_DURATION.labels(
+                    route=template, method=scope["method"], model=model, status=str(status)
+                )
+            series.observe(elapsed)
             if self.access_log:
                 log.info(
                     "request",

@@ -75,16 +75,23 @@ def test_a_path_prefix_is_stripped_as_starlette_does(routes):
 def test_a_direct_route_takes_only_what_it_is_given():
     router = APIRouter()
 
-    @router.post("/x/{name}")
+    @router.post("/x/{name}/go")
     @direct
     async def fine(name: str, request: Request, deadline: float):
         return None
 
-    @router.post("/y/{name}")
+    @router.post("/y/{name}/go")
     @direct
     async def wants_more(name: str, request: Request, user: str):
+        return None
+
+    @router.post("/z/{name}/{version}")
+    @direct
+    async def ends_in_a_parameter(name: str, version: str, request: Request):
         return None
 
     assert DirectRoute.of(router.routes[0]).wants == {"request", "deadline"}
     with pytest.raises(TypeError, match="a direct route takes only"):
         DirectRoute.of(router.routes[1])
+    with pytest.raises(TypeError, match="ends in a literal segment"):
+        DirectRoute.of(router.routes[2])
