@@ -31,7 +31,8 @@ before each run through /proc/<pid>/clear_refs where the kernel allows it, else 
 hey runs on the same machine and competes with the servers for its cores.
 
 After the table, ours on the 1 x 1,024 loads as a share of the in-process forward: compute.log_prob's
-batch function on the same 1,024 rows in a compute thread, as the server calls it (median of 30).
+batch function on the same 1,024 rows in a compute thread, as the server calls it (median of 30 calls,
+measured after every round, between the HTTP runs; the median over rounds).
 
 Progress goes to stderr; the table and a line saying where and how it ran go to stdout.
 
@@ -791,7 +792,12 @@ def start_servers(
 
 
 def run_rounds(
-    servers: list[Server], loads: list[Load], bodies: dict[tuple[str, str], Path], seconds: int, rounds: int
+    servers: list[Server],
+    loads: list[Load],
+    bodies: dict[tuple[str, str], Path],
+    seconds: int,
+    rounds: int,
+    after_round: Callable[[], None] = lambda: None,
 ) -> dict[tuple[str, str], list[RunResult]]:
     pairs = [(load, server) for load in loads for server in servers if serves(server, load)]
     for load, server in pairs:
@@ -807,48 +813,69 @@ def run_rounds(
                 f"{result.rows_per_s:,.0f} rows/s, p50 {result.p50_ms:.1f} ms, "
                 f"p99 {result.p99_ms:.1f} ms, non-200 {result.non_200}"
             )
+        after_round()
     return results
 
 
-def in_process_rows_per_s(model_dir: Path, rows: np.ndarray, repeats: int = 30) -> float:
+class InProcess:
     """The reference for the 1 x 1,024 loads: the forward as our server calls it, compute.log_prob's batch
     function for the model's default ensemble, in a compute thread of its own (torch's default threads, as
-    the server's), on the same rows; rows/s at the median of `repeats`, after 3 warm-up calls."""
-    sys.path.insert(0, str(ROOT))
-    import torch
+    the server's), on the same rows. `measure()` runs after every round, between the HTTP runs, so the
+    reference sees the same machine they do (its speed drifts by tens of percent here); each time, rows/s
+    at the median of `repeats` calls after 3 warm-up calls."""
 
-    from service import checkpoint
-    from service.api import compute
-    from service.api.registry import ServedModel
+    def __init__(self, model_dir: Path, rows: np.ndarray, repeats: int = 30):
+        sys.path.insert(0, str(ROOT))
+        import torch
 
-    model, config = checkpoint.load(model_dir)
-    served = ServedModel(model_dir.name, 1, model_dir, model, config, model.device, time.time(), 0.0)
-    forward = compute.log_prob(served, model.resolve_masks(None), False, False)
-    payloads = [(torch.from_numpy(rows.astype(np.float32)),)]
-    seconds = []
-    with ThreadPoolExecutor(1, thread_name_prefix="compute") as thread:
-        for _ in range(3):
-            thread.submit(forward, payloads).result()
-        for _ in range(repeats):
-            started = time.perf_counter()
-            thread.submit(forward, payloads).result()
-            seconds.append(time.perf_counter() - started)
-    return len(rows) / statistics.median(seconds)
+        from service import checkpoint
+        from service.api import compute
+        from service.api.registry import ServedModel
+
+        model, config = checkpoint.load(model_dir)
+        served = ServedModel(model_dir.name, 1, model_dir, model, config, model.device, time.time(), 0.0)
+        self.forward = compute.log_prob(served, model.resolve_masks(None), False, False)
+        self.payloads = [(torch.from_numpy(rows.astype(np.float32)),)]
+        self.rows, self.repeats = len(rows), repeats
+        self.rows_per_s: list[float] = []
+
+    def measure(self) -> None:
+        seconds = []
+        with ThreadPoolExecutor(1, thread_name_prefix="compute") as thread:
+            for _ in range(3):
+                thread.submit(self.forward, self.payloads).result()
+            for _ in range(self.repeats):
+                started = time.perf_counter()
+                thread.submit(self.forward, self.payloads).result()
+                seconds.append(time.perf_counter() - started)
+        self.rows_per_s.append(self.rows / statistics.median(seconds))
+        progress(f"in-process forward: {self.rows_per_s[-1]:,.0f} rows/s")
+
+
+def big_loads(loads: list[Load], servers: list[str]) -> list[Load]:
+    """The loads that are compared with the in-process forward: one client, and ours among the servers."""
+    return [load for load in loads if load.clients == 1] if "ours" in servers else []
 
 
 def against_in_process(
-    model_dir: Path, loads: list[Load], results: dict[tuple[str, str], list[RunResult]]
+    reference: InProcess, loads: list[Load], results: dict[tuple[str, str], list[RunResult]]
 ) -> list[str]:
     """Lines for the table's notes: ours on each 1 x 1,024 load as a share of the in-process forward."""
-    big = [load for load in loads if load.clients == 1 and ("ours", load.name) in results]
-    if not big:
-        return []
-    reference = in_process_rows_per_s(model_dir, validation_rows(max(load.rows for load in big)))
-    lines = [f"- in-process forward (compute thread, {big[0].rows} rows): {reference:,.0f} rows/s"]
-    for load in big:
-        ours = median_result(results["ours", load.name]).rows_per_s
+    forward = statistics.median(reference.rows_per_s)
+    rounds = ", ".join(f"{value:,.0f}" for value in reference.rows_per_s)
+    lines = [
+        f"- in-process forward (compute thread, {reference.rows} rows): {forward:,.0f} rows/s "
+        f"(median of the rounds: {rounds})"
+    ]
+    for load in loads:
+        runs = results["ours", load.name]
+        ours = median_result(runs).rows_per_s
+        # each round against the reference measured right after it: the machine's drift cancels out
+        shares = [run.rows_per_s / value for run, value in zip(runs, reference.rows_per_s, strict=True)]
         lines.append(
-            f"- ours {load.name} over HTTP: {ours:,.0f} rows/s = {ours / reference:.0%} of in-process"
+            f"- ours {load.name} over HTTP: {ours:,.0f} rows/s = {ours / forward:.0%} of in-process; "
+            f"round by round {', '.join(f'{share:.0%}' for share in shares)}, "
+            f"median {statistics.median(shares):.0%}"
         )
     return lines
 
@@ -885,14 +912,17 @@ def main(argv: list[str] | None = None) -> int:
                 sys.exit("no server could be started")
             check_same_numbers(servers)
             bodies = write_bodies(servers, loads, workdir)
-            results = run_rounds(servers, loads, bodies, args.seconds, args.rounds)
+            big = big_loads(loads, [server.name for server in servers])
+            reference = InProcess(model_dir, validation_rows(max(load.rows for load in big))) if big else None
+            after_round = reference.measure if reference else lambda: None
+            results = run_rounds(servers, loads, bodies, args.seconds, args.rounds, after_round)
         finally:
             progress(f"stopping {len(LAUNCHED)} server process(es)")
             for process in LAUNCHED:
                 stop(process)
     print(table([server.name for server in servers], loads, results))
     print()
-    for line in against_in_process(model_dir, loads, results):
+    for line in against_in_process(reference, big, results) if reference else []:
         print(line)
     for name, reason in not_run.items():
         print(f"- {name}: not run: {reason}")
