@@ -73,9 +73,10 @@ def context_scores(served: ServedModel, masks: int, per_feature: bool) -> Comput
 @contextmanager
 def walk_threads(device: torch.device) -> Iterator[None]:
     """The samplers walk the dimensions in D small steps. On a CPU, splitting each step over torch's
-    intra-op threads costs more than it saves: 64 samples of a 784-500 MADE take 42 ms on one thread and
-    65 ms on two, and the bundled model's 195 and 233 ms (2-core machine, 2026-11-30). The setting is the
-    calling thread's (OpenMP's), and the compute thread's own default comes back for the next batch."""
+    intra-op threads costs more than it saves: 64 samples of the bundled model took a median 203 ms on one
+    thread against 264 ms on two, interleaved on a 2-core machine (2026-11-30; a 784-500 MADE: 65 and 69
+    ms). The setting is the calling thread's (OpenMP's), and the compute thread's own default comes back
+    for the next batch."""
     if device.type != "cpu":
         yield
         return

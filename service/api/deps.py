@@ -35,7 +35,6 @@ async def request_deadline(
     x_request_timeout: Annotated[
         RequestTimeout | None,
         Header(
-            ge=MIN_REQUEST_TIMEOUT_S,
             description="seconds this request may wait in the queue (at least 0.01); lowers the server's "
             "default",
         ),
