@@ -39,6 +39,7 @@ Progress goes to stderr; the table and a line saying where and how it ran go to 
     .venv/bin/python bench/peers.py
     .venv/bin/python bench/peers.py --seconds 8 --rounds 1 --servers ours,fastapi-plain --loads json-64x1
     PYTRITON_PYTHON=.pytriton-venv/bin/python .venv/bin/python bench/peers.py   # after `make bench-tools`
+    .venv/bin/python bench/peers.py --device cuda      # every server on the GPU (TorchServe needs Java)
 
 Needs `hey` on PATH, psutil, and for the torchserve peer: pip torchserve + torch-model-archiver and Java
 (`make bench-tools` installs them).
@@ -76,6 +77,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
+DEVICE = "cpu"  # where every server (and the in-process reference) computes: --device
 HOST = "127.0.0.1"
 DATA_FILE = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"
 # issue 15's light model: a 784-500 one-mask MADE, the one-class model of the 8s that bench/anomaly.py
@@ -308,7 +310,7 @@ def start_ours(model_dir: Path, workdir: Path, check_body: bytes, workers: int =
     server = Server(
         label,
         f"http://{HOST}:{port}/v1/models/{name}/log-prob",
-        launch(command, workdir, label),
+        launch(command, workdir, label, {"MADE_DEVICE": DEVICE}),
         workdir / f"{label}.log",
         accepts_npy=True,
     )
@@ -336,7 +338,8 @@ from pydantic import BaseModel
 from service import checkpoint
 
 torch.set_num_threads(1)
-model, _ = checkpoint.load(os.environ["PEERS_MODEL"])
+DEVICE = os.environ.get("PEERS_DEVICE", "cpu")
+model, _ = checkpoint.load(os.environ["PEERS_MODEL"], device=DEVICE)
 app = FastAPI()
 
 
@@ -352,7 +355,8 @@ def readyz():
 @app.post("/v1/models/{{name}}/log-prob")
 def log_prob(name: str, body: Rows):
     with torch.inference_mode():
-        return {{"log_prob": model.log_prob(torch.tensor(body.inputs, dtype=torch.float32)).tolist()}}
+        x = torch.tensor(body.inputs, dtype=torch.float32, device=DEVICE)
+        return {{"log_prob": model.log_prob(x).cpu().tolist()}}
 '''
 
 
@@ -366,7 +370,7 @@ def start_fastapi_plain(model_dir: Path, workdir: Path, check_body: bytes) -> Se
     server = Server(
         "fastapi-plain",
         f"http://{HOST}:{port}/v1/models/light/log-prob",
-        launch(command, workdir, "fastapi-plain", {"PEERS_MODEL": str(model_dir)}),
+        launch(command, workdir, "fastapi-plain", {"PEERS_MODEL": str(model_dir), "PEERS_DEVICE": DEVICE}),
         workdir / "fastapi-plain.log",
     )
     wait_until_ready(server, lambda: http_status(f"http://{HOST}:{port}/readyz") == 200)
@@ -387,6 +391,7 @@ import torch
 from service import checkpoint
 
 MODEL_DIR = {model_dir!r}
+DEVICE = {device!r}
 model = None
 
 
@@ -400,12 +405,12 @@ def request_rows(request):
 def handle(data, context):
     global model
     if model is None:
-        model, _ = checkpoint.load(MODEL_DIR)
+        model, _ = checkpoint.load(MODEL_DIR, device=DEVICE)
     if data is None:  # TorchServe's initialisation call
         return None
     rows = [request_rows(request) for request in data]
     with torch.inference_mode():
-        log_prob = model.log_prob(torch.from_numpy(np.concatenate(rows))).tolist()
+        log_prob = model.log_prob(torch.from_numpy(np.concatenate(rows)).to(DEVICE)).cpu().tolist()
     answers, start = [], 0
     for request_rows_ in rows:
         answers.append({{"log_prob": log_prob[start : start + len(request_rows_)]}})
@@ -462,7 +467,9 @@ def start_torchserve(model_dir: Path, workdir: Path, check_body: bytes) -> Serve
     store = ts_dir / "store"
     store.mkdir(parents=True)
     handler = ts_dir / "light_handler.py"
-    handler.write_text(TORCHSERVE_HANDLER.format(root=str(ROOT), model_dir=str(model_dir), n_dims=N_DIMS))
+    handler.write_text(
+        TORCHSERVE_HANDLER.format(root=str(ROOT), model_dir=str(model_dir), n_dims=N_DIMS, device=DEVICE)
+    )
     archive = [str(VENV_BIN / "torch-model-archiver"), "--model-name", "light", "--version", "1.0"]
     archive += ["--handler", str(handler), "--export-path", str(store), "--force"]
     archived = subprocess.run(archive, cwd=ts_dir, capture_output=True, text=True)
@@ -508,13 +515,15 @@ from service import checkpoint
 os.environ["LD_LIBRARY_PATH"] = ":".join(
     filter(None, [sysconfig.get_config_var("LIBDIR"), os.environ.get("LD_LIBRARY_PATH")])
 )
-model, _ = checkpoint.load({model_dir!r})
+DEVICE = {device!r}
+model, _ = checkpoint.load({model_dir!r}, device=DEVICE)
 
 
 @batch
 def infer(inputs):
     with torch.inference_mode():
-        return {{"log_prob": model.log_prob(torch.from_numpy(inputs)).numpy().astype(np.float64)}}
+        log_prob = model.log_prob(torch.from_numpy(inputs).to(DEVICE)).cpu()
+        return {{"log_prob": log_prob.numpy().astype(np.float64)}}
 
 
 ports = dict(http_port={http_port}, grpc_port={grpc_port}, metrics_port={metrics_port})
@@ -556,6 +565,7 @@ def start_pytriton(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
             root=str(ROOT),
             project_site_packages=sysconfig.get_paths()["purelib"],
             model_dir=str(model_dir),
+            device=DEVICE,
             host=HOST,
             workspace=str(triton_dir / "workspace"),
             n_dims=N_DIMS,
@@ -771,6 +781,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--model", type=Path, default=LIGHT_MODEL, help="checkpoint directory (default: %(default)s)"
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where every server computes: cpu, cuda or cuda:N (ours gets MADE_DEVICE; the peers' handlers "
+        "move the model and each batch there). Default: %(default)s",
+    )
     args = parser.parse_args(argv)
     if args.seconds < 1 or args.rounds < 1:
         parser.error("--seconds and --rounds must be at least 1")
@@ -832,7 +848,7 @@ class InProcess:
         from service.api import compute
         from service.api.registry import ServedModel
 
-        model, config = checkpoint.load(model_dir)
+        model, config = checkpoint.load(model_dir, device=DEVICE)
         served = ServedModel(model_dir.name, 1, model_dir, model, config, model.device, time.time(), 0.0)
         self.forward = compute.log_prob(served, model.resolve_masks(None), False, False)
         self.payloads = [(torch.from_numpy(rows.astype(np.float32)),)]
@@ -892,7 +908,9 @@ def raise_on_signal(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DEVICE
     args = parse_args(argv)
+    DEVICE = args.device
     if shutil.which("hey") is None:
         sys.exit("hey is not on PATH")
     model_dir = args.model.resolve()
@@ -934,7 +952,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     load_average = ", ".join(f"{value:.2f}" for value in load_before)
     print(
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine {platform.node()} ({os.cpu_count()} CPUs); "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine {platform.node()} ({os.cpu_count()} CPUs), "
+        f"device {DEVICE}; "
         f"load average before start {load_average}; command: {command_line()}"
     )
     return 0
