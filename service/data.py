@@ -165,7 +165,7 @@ def validate(
                 column=col,
             )
     # The support is checked on the values as sent: 2.0000001 in float64 is not an integer category,
-    # though float32 would round it to one. Integer input is checked as it is (no float copy at all).
+    # though float32 would round it to one. Integer input is checked as it is, not as its float copy.
     as_sent = array.dtype == np.float64 or array.dtype.kind in "iu"
     supported = likelihood.in_support(array if as_sent else values)
     if missing is not None:

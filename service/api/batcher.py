@@ -2,7 +2,9 @@
 
 A queue of parts and one background loop, as in Ray Serve's batching: the loop waits for its first part,
 gives others up to `max_delay_s` to join or until `max_batch_rows` rows are waiting, takes what fits, runs
-the model off the event loop (in the compute executor) and hands each part its slice of the result.
+the model off the event loop (in the compute executor) and hands each part its slice of the result. The
+delay is only waited while another request may still come (`others_coming`): when every request the
+server is handling is in a batcher already, the batch runs at once.
 
 - A request with more rows than `max_batch_rows` is split into parts; its result is joined back in order.
 - The queue is bounded in *requests* (a QueueBudget shared by the batchers of one model and operation,

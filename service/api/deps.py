@@ -105,9 +105,14 @@ def validate_options(
         raise InvalidInput(f"{where}: {err['msg']}", field=where) from None
 
 
+def json_options(model: type[BaseModel], values: dict):
+    """The options of a JSON body (its members besides `inputs`); a body that gives none gets the defaults,
+    validated once (routes read options, never change them)."""
+    return validate_options(model, values) if values else _default_options(model)
+
+
 @functools.cache
-def default_options(model: type[BaseModel]):
-    """The options of a body that gives none, validated once (routes read options, never change them)."""
+def _default_options(model: type[BaseModel]):
     return validate_options(model, {})
 
 
@@ -121,11 +126,11 @@ async def read_rows_and_options(request: Request, engine: Engine, options_model:
     numeric = codecs.numeric_rows_from_json(body)
     if numeric is not None:
         rows, others = numeric
-        return (validate_options(options_model, others) if others else default_options(options_model)), rows
+        return json_options(options_model, others), rows
     obj = codecs.parse_json(body)
     if "inputs" not in obj:
         raise InvalidInput("the body needs 'inputs': a list of rows", field="inputs")
-    options = validate_options(options_model, {k: v for k, v in obj.items() if k != "inputs"})
+    options = json_options(options_model, {k: v for k, v in obj.items() if k != "inputs"})
     return options, codecs.rows_from_json(obj["inputs"])
 
 
