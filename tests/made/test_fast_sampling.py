@@ -15,6 +15,10 @@ ARCHITECTURES = [
     dict(hidden_sizes=(), direct_connections=True),  # no hidden layer: the output layer reads the inputs
     dict(hidden_sizes=(16, 12, 8), direct_connections=True, activation="elu", n_masks=2, order="random"),
     dict(hidden_sizes=(24,), activation="tanh", n_masks=4, mask_resampling="connectivity"),
+    # Narrow layers leave degrees without units: several positions are drawn after one event, and the
+    # second layer has events where the first has none.
+    dict(hidden_sizes=(3,)),
+    dict(hidden_sizes=(4, 2), activation="sigmoid", n_masks=2, order="random"),
 ]
 HEADS = ["bernoulli", "categorical", "gaussian", "mog"]
 
@@ -128,3 +132,51 @@ def test_cached_fixed_buffer_walks_serve_every_batch_like_the_reference(monkeypa
     assert walks and all(walk.graph is None for walk in walks)  # no capture off CUDA
     assert all(walk.rows & (walk.rows - 1) == 0 for walk in walks)
     assert len(walks) <= 3 * 7  # at most one per mask and power of two up to 64
+
+
+# ---- the CPU walks cached per batch size ------------------------------------------------------------------
+
+
+def test_cached_walks_serve_every_batch_like_the_reference():
+    """One cached walk per mask and batch size, reused by later batches (its buffers are overwritten),
+    made in inference mode and used outside it, and no more of them kept than WALKS_PER_PLAN."""
+    from service.made import fast_sampling
+
+    model = randomised("categorical", hidden_sizes=(6, 5), n_masks=2, order="random")
+    sizes = [5, 7, 5, 1, 7, 5] + list(range(10, 10 + fast_sampling.WALKS_PER_PLAN + 2))
+    for i, n in enumerate(sizes):
+        with torch.inference_mode(i % 2 == 0):
+            fast = sample_fast(model, n, generator=make_generator(i))
+        assert torch.equal(fast, sample(model, n, generator=make_generator(i)))
+    for _, plan in fast_sampling._PLANS[model].values():
+        assert 0 < len(plan.walks) <= fast_sampling.WALKS_PER_PLAN
+
+
+def test_a_walk_in_use_is_not_shared_between_threads():
+    """A second thread sampling the same batch size while a cached walk is busy gets buffers of its own."""
+    import threading
+
+    from service.made import fast_sampling
+
+    model = randomised("bernoulli", hidden_sizes=(20,))
+    n = 50
+    expected = [sample(model, n, generator=make_generator(seed)) for seed in range(8)]
+    sample_fast(model, n, generator=make_generator(0))  # cache the walk for n rows
+    ((_, plan),) = fast_sampling._PLANS[model].values()
+    cached = plan.walks[n]
+    results = {}
+
+    def sample_while_busy(seed: int) -> None:
+        results[seed] = sample_fast(model, n, generator=make_generator(seed))
+
+    with cached.lock:  # as if another thread were walking it
+        thread = threading.Thread(target=sample_while_busy, args=(3,))
+        thread.start()
+        thread.join(timeout=30)
+    assert torch.equal(results[3], expected[3])
+    threads = [threading.Thread(target=sample_while_busy, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert all(torch.equal(results[seed], expected[seed]) for seed in range(8))
