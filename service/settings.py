@@ -41,7 +41,8 @@ class Settings(BaseSettings):
         0, description="torch intra-op threads for CPU compute (0: torch's default)"
     )
     cuda_graphs: bool = Field(
-        True, description="on CUDA, run the fast sampler's walk as cached CUDA graphs (one launch, not ~5D)"
+        True,
+        description="on CUDA, run the fast sampler's walk as cached CUDA graphs (one launch, not hundreds)",
     )
 
     # dynamic batching
