@@ -178,7 +178,12 @@ class _Walk:
         D, P = model.n_dims, plan.params_per_dim
         R = model.likelihood.noise_per_dim
         options = dict(device=plan.out_bias.device, dtype=plan.out_bias.dtype)
-        self.model, self.plan, self.rows, self.P = model, plan, rows, P
+        # No reference to the model itself: the cache of plans is keyed weakly by the model, and a replaced
+        # version must be freed with its walks.
+        self.plan, self.rows, self.P = plan, rows, P
+        self.likelihood = model.likelihood
+        self.activation = model.network.activation  # the activation module
+        self.activation_in_place = IN_PLACE_ACTIVATIONS.get(model.network.config.activation)
         self.lock = threading.Lock()
         # (rows, X) buffers stored column by column: a unit's (or a position's) values for all rows are
         # contiguous, so the slices of a few units that every step reads and writes are contiguous blocks.
@@ -226,8 +231,8 @@ class _Walk:
             return self._walk(noise, observed)
 
     def _walk(self, noise: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
-        model, plan, likelihood, P = self.model, self.plan, self.model.likelihood, self.P
-        activation = IN_PLACE_ACTIVATIONS.get(model.network.config.activation)
+        plan, likelihood, P = self.plan, self.likelihood, self.P
+        activation = self.activation_in_place
         n_observed = 0 if observed is None else observed.shape[1]
         # index_select rather than advanced indexing: the same values, and nothing that would stop a graph
         self.prepared.copy_(likelihood.prepare_noise(noise.index_select(1, plan.ordering)))
@@ -242,7 +247,7 @@ class _Walk:
                 if activation is not None:
                     activation(h)
                 else:
-                    h.copy_(model.network.activation(h))
+                    h.copy_(self.activation(h))
             if out is not None:
                 params, h, weights = out
                 params.addmm_(h, weights)
@@ -267,7 +272,7 @@ class _Walk:
         if self.bernoulli:  # logit > logit(u), written straight into the samples as 1.0 / 0.0
             torch.gt(params, threshold, out=z)
         else:  # the head draws row by row: the m positions of every row are m more rows to it
-            drawn = self.model.likelihood.sample_prepared(
+            drawn = self.likelihood.sample_prepared(
                 params.reshape(-1, self.P), prepared.reshape(-1, prepared.shape[2])
             )
             z.copy_(drawn.view(z.shape))

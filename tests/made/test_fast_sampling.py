@@ -180,3 +180,23 @@ def test_a_walk_in_use_is_not_shared_between_threads():
     for thread in threads:
         thread.join(timeout=30)
     assert all(torch.equal(results[seed], expected[seed]) for seed in range(8))
+
+
+def test_cached_walks_do_not_keep_their_model_alive(monkeypatch):
+    """Plans are cached by the model, weakly: a replaced model version must be freed with its walks (CPU
+    walks and the fixed-buffer walks of the CUDA path alike)."""
+    import gc
+    import weakref
+
+    from service.made import fast_sampling
+
+    for graph_devices in (("cuda",), ("cuda", "cpu")):
+        monkeypatch.setattr(fast_sampling, "GRAPH_DEVICES", graph_devices)
+        model = randomised("bernoulli", hidden_sizes=(8,), n_masks=2, order="random")
+        sample_fast(model, 16, generator=make_generator(0))
+        (_, plan), *_ = fast_sampling._PLANS[model].values()
+        assert plan.walks or plan.graphs  # something was cached
+        alive = weakref.ref(model)
+        del model, plan
+        gc.collect()
+        assert alive() is None
