@@ -28,6 +28,7 @@ import asyncio
 import collections
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
@@ -87,6 +88,7 @@ class _Request:
     enqueued: float
     deadline: float
     in_queue: bool = True
+    one_part: bool = False  # its deadline is the batcher's expiry timer's to enforce
 
 
 @dataclass
@@ -130,6 +132,10 @@ class Batcher:
         self._busy = False
         self._closed = False
         self._loop_task: asyncio.Task | None = None
+        # One timer for the deadlines of every queued one-part request, at the earliest of them: a timer per
+        # request (asyncio.wait's timeout) cost more of the event loop than the rest of queueing it.
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = math.inf
         # this batcher's series, bound once: labels() on every request costs more than the update itself
         labels = {"model": model, "operation": operation}
         self._request_rows = metrics.REQUEST_ROWS.labels(**labels)
@@ -160,6 +166,9 @@ class Batcher:
             part = self._queue.popleft()
             if not part.future.done():
                 part.future.set_exception(ShuttingDown("the server stopped before this request was computed"))
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry, self._expiry_at = None, math.inf
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -179,6 +188,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         n = rows_of(payload)
         self._request_rows.observe(n)
+        if n <= self.max_batch_rows:
+            return await self._submit_part(loop, payload, deadline)
         bounds = [(s, min(s + self.max_batch_rows, n)) for s in range(0, n, self.max_batch_rows)]
         request = _Request(parts_waiting=len(bounds), enqueued=loop.time(), deadline=deadline)
         parts = [_Part(slice_rows(payload, a, b), request, loop.create_future()) for a, b in bounds]
@@ -202,6 +213,48 @@ class Batcher:
             self._leave_queue(request)
             self.holding.requests -= 1
         return join_rows(results)
+
+    async def _submit_part(
+        self, loop: asyncio.AbstractEventLoop, payload: Tensors, deadline: float
+    ) -> Tensors:
+        """A request of one part: its future is awaited as it is, and its deadline is the batcher's expiry
+        timer's to enforce while it is queued (once taken, it is computed whatever the deadline)."""
+        request = _Request(parts_waiting=1, enqueued=loop.time(), deadline=deadline, one_part=True)
+        part = _Part(payload, request, loop.create_future())
+        self.budget.waiting += 1
+        self._queue_depth.inc()
+        self._queue.append(part)
+        self._arrived.set()
+        if deadline < self._expiry_at:
+            self._expire_at(loop, deadline)
+        self.holding.requests += 1
+        try:
+            return await part.future  # a cancelled waiter cancels the future: the batch skips it
+        finally:
+            self._leave_queue(request)
+            self.holding.requests -= 1
+
+    def _expire_at(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry, self._expiry_at = loop.call_at(when, self._expire, loop), when
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """504 for every one-part request whose deadline has passed while queued; then the timer waits for
+        the earliest deadline still queued (multi-part requests time out in `submit`)."""
+        self._expiry, self._expiry_at = None, math.inf
+        now, earliest = loop.time(), math.inf
+        for part in self._queue:
+            if part.future.done() or not part.request.one_part:  # (taken parts have left the queue)
+                continue
+            if part.request.deadline <= now:
+                part.future.set_exception(
+                    DeadlineExceeded("the request's deadline passed while it waited in the queue")
+                )
+            else:
+                earliest = min(earliest, part.request.deadline)
+        if earliest < math.inf:
+            self._expire_at(loop, earliest)
 
     def _leave_queue(self, request: _Request) -> None:
         if request.in_queue:

@@ -213,6 +213,40 @@ def test_deadline_in_queue_gives_504_and_never_reaches_the_model():
     assert compute.values == [0.0]  # only the blocker was computed; the expired rows never were
 
 
+def test_queued_deadlines_expire_at_their_own_time_whatever_their_order():
+    """One timer serves the deadlines of all queued one-part requests: a request arriving with an earlier
+    deadline than those before it still gets its 504 at that deadline, and the others are untouched."""
+    compute = Recorder()
+    compute.gate.clear()
+
+    async def main():
+        batcher = make(compute, max_delay_s=0.0)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        try:
+            computing = asyncio.ensure_future(batcher.submit((rows(0, 1),), loop.time() + 30))
+            await asyncio.sleep(0.02)  # taken: the compute thread holds it at the gate
+            late = asyncio.ensure_future(batcher.submit((rows(100, 1),), loop.time() + 30))
+            soon = asyncio.ensure_future(batcher.submit((rows(200, 1),), loop.time() + 0.1))
+            sooner = asyncio.ensure_future(batcher.submit((rows(300, 1),), loop.time() + 0.05))
+            # answered at their own deadlines, long before the others' (30 s): the timeout guards a hang
+            done, _ = await asyncio.wait([soon, sooner], timeout=10)
+            assert done == {soon, sooner}
+            for waiter in done:
+                with pytest.raises(DeadlineExceeded, match="deadline passed while it waited in the queue"):
+                    waiter.result()
+            assert not late.done() and not computing.done()
+        finally:
+            compute.gate.set()
+        results = await asyncio.gather(computing, late)
+        await batcher.close()
+        return results
+
+    first, late = run(main())
+    assert torch.equal(first[0], 2 * rows(0, 1)) and torch.equal(late[0], 2 * rows(100, 1))
+    assert compute.values == [0.0, 100.0]  # the expired rows never reached the model
+
+
 def test_out_of_memory_is_retried_in_halves():
     compute = Recorder(oom_above=10)
     (result,) = run(submit_once(compute, 40))
