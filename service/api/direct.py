@@ -92,6 +92,11 @@ class DirectRoutes:
         for route in self.routes:
             key = (route.method, len(route.segments), route.segments[-1])
             self.candidates.setdefault(key, []).append(route)
+        # (method, path) -> its route and path parameters: a few paths take nearly every request, and
+        # matching segment by segment costs more than the lookup. Bounded: paths are the client's to choose.
+        self.matched: dict[tuple[str, str], tuple[DirectRoute, dict[str, str]]] = {}
+
+    MATCHES_KEPT = 1024
 
     def match(self, scope) -> bool:
         if scope["type"] != "http":
@@ -100,12 +105,24 @@ class DirectRoutes:
         root = scope.get("root_path", "")
         if root and path.startswith(root):  # as Starlette's routing does behind a path prefix
             path = path[len(root) :]
+        key = (scope["method"], path)
+        found = self.matched.get(key)
+        if found is None:
+            found = self._match(key[0], path)
+            if found is None:
+                return False
+            if len(self.matched) >= self.MATCHES_KEPT:
+                self.matched.clear()
+            self.matched[key] = found
+        scope["route"], scope["path_params"] = found[0], dict(found[1])
+        return True
+
+    def _match(self, method: str, path: str) -> tuple[DirectRoute, dict[str, str]] | None:
         parts = path.split("/")
-        for route in self.candidates.get((scope["method"], len(parts), parts[-1]), ()):
+        for route in self.candidates.get((method, len(parts), parts[-1]), ()):
             if (params := route.match(parts)) is not None:
-                scope["route"], scope["path_params"] = route, params
-                return True
-        return False
+                return route, params
+        return None
 
     async def __call__(self, scope, receive, send):
         route: DirectRoute = scope["route"]

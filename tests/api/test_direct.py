@@ -67,6 +67,19 @@ def test_anything_else_is_left_to_fastapi(routes, request_scope):
     assert "route" not in request_scope
 
 
+def test_matched_paths_are_remembered_within_a_bound(routes):
+    """A path matched once is found again without matching, with parameters of its own each time; the
+    paths remembered are bounded, whatever paths clients send."""
+    first, again = scope("/v1/models/kept/log-prob"), scope("/v1/models/kept/log-prob")
+    assert routes.match(first) and routes.match(again)
+    assert again["path_params"] == {"name": "kept"} and again["path_params"] is not first["path_params"]
+    assert ("POST", "/v1/models/kept/log-prob") in routes.matched
+    for i in range(3 * routes.MATCHES_KEPT):
+        assert routes.match(scope(f"/v1/models/m{i}/sample"))
+    assert len(routes.matched) <= routes.MATCHES_KEPT
+    assert not routes.match(scope("/v1/models/kept/log-prob", method="GET"))  # the method is in the key
+
+
 def test_a_path_prefix_is_stripped_as_starlette_does(routes):
     request = scope("/made/v1/models/m/anomaly", root_path="/made")
     assert routes.match(request) and request["path_params"] == {"name": "m"}
