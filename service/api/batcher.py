@@ -4,7 +4,9 @@ A queue of parts and one background loop, as in Ray Serve's batching: the loop w
 gives others up to `max_delay_s` to join or until `max_batch_rows` rows are waiting, takes what fits, runs
 the model off the event loop (in the compute executor) and hands each part its slice of the result. The
 delay is only waited while another request may still come (`others_coming`): when every request the
-server is handling is in a batcher already, the batch runs at once.
+server is handling is in a batcher already, the batch runs at once. An arrival wakes the loop only when it
+changes what the loop waits for (a first part, a full batch, no one else coming); otherwise the delay's
+timer does.
 
 - A request with more rows than `max_batch_rows` is split into parts; its result is joined back in order.
 - The queue is bounded in *requests* (a QueueBudget shared by the batchers of one model and operation,
@@ -65,6 +67,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
     )
+
+
+def _wake(wakeup: asyncio.Future) -> None:
+    if not wakeup.done():
+        wakeup.set_result(None)
 
 
 class Holding:
@@ -128,7 +135,11 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self.budget = budget or QueueBudget(max_queue_requests)
         self._queue: collections.deque[_Part] = collections.deque()
-        self._arrived = asyncio.Event()
+        self._rows_queued = 0  # rows of the parts in the queue (a part cancelled there counts until taken)
+        # The loop sleeps on `_wakeup` (and, while collecting a batch, a timer): an arrival wakes it only when
+        # that changes what it waits for, since waking it costs the event loop more than queueing does.
+        self._wakeup: asyncio.Future | None = None
+        self._collecting = False
         self._busy = False
         self._closed = False
         self._loop_task: asyncio.Task | None = None
@@ -164,6 +175,7 @@ class Batcher:
             await asyncio.sleep(0.01)
         while self._queue:
             part = self._queue.popleft()
+            self._rows_queued -= part.rows
             if not part.future.done():
                 part.future.set_exception(ShuttingDown("the server stopped before this request was computed"))
         if self._expiry is not None:
@@ -195,10 +207,10 @@ class Batcher:
         parts = [_Part(slice_rows(payload, a, b), request, loop.create_future()) for a, b in bounds]
         self.budget.waiting += 1
         self._queue_depth.inc()
-        self._queue.extend(parts)
-        self._arrived.set()
-        futures = [p.future for p in parts]
         self.holding.requests += 1
+        self._queue.extend(parts)
+        self._arrival(n)
+        futures = [p.future for p in parts]
         try:
             _, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
             if pending and any(not p.taken for p in parts):
@@ -223,16 +235,42 @@ class Batcher:
         part = _Part(payload, request, loop.create_future())
         self.budget.waiting += 1
         self._queue_depth.inc()
+        self.holding.requests += 1
         self._queue.append(part)
-        self._arrived.set()
+        self._arrival(rows_of(payload))
         if deadline < self._expiry_at:
             self._expire_at(loop, deadline)
-        self.holding.requests += 1
         try:
             return await part.future  # a cancelled waiter cancels the future: the batch skips it
         finally:
             self._leave_queue(request)
             self.holding.requests -= 1
+
+    def _arrival(self, rows: int) -> None:
+        """Rows joined the queue: wake the loop if it waits for a first part, or if it collects a batch that
+        is now full or that no one else is on the way to join (otherwise its timer wakes it)."""
+        self._rows_queued += rows
+        wakeup = self._wakeup
+        if wakeup is None or wakeup.done():
+            return
+        if (
+            self._collecting
+            and self._rows_queued < self.max_batch_rows
+            and (self.others_coming is None or self.others_coming())
+        ):
+            return
+        wakeup.set_result(None)
+
+    async def _sleep(self, loop: asyncio.AbstractEventLoop, until: float | None) -> None:
+        """Until `_arrival` wakes the loop, or until `until` (loop.time()), if given."""
+        self._wakeup = wakeup = loop.create_future()
+        timer = None if until is None else loop.call_at(until, _wake, wakeup)
+        try:
+            await wakeup
+        finally:
+            self._wakeup = None
+            if timer is not None:
+                timer.cancel()
 
     def _expire_at(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._expiry is not None:
@@ -267,22 +305,20 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             while not self._queue:
-                self._arrived.clear()
-                await self._arrived.wait()
+                await self._sleep(loop, None)
             # Give others until the first part's delay runs out to join, unless the batch is full already
             # or no request is on its way (every one in flight is in a batcher): then the delay is only lost.
             collect_until = self._queue[0].request.enqueued + self.max_delay_s
-            while self._queued_rows() < self.max_batch_rows and not self._closed:
-                if self.others_coming is not None and not self.others_coming():
-                    break
-                remaining = collect_until - loop.time()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), timeout=remaining)
-                except TimeoutError:
-                    break
+            self._collecting = True
+            try:
+                while self._rows_queued < self.max_batch_rows and not self._closed:
+                    if self.others_coming is not None and not self.others_coming():
+                        break
+                    if collect_until <= loop.time():
+                        break
+                    await self._sleep(loop, collect_until)
+            finally:
+                self._collecting = False
             batch = self._take(loop.time())
             if not batch:
                 continue
@@ -292,14 +328,12 @@ class Batcher:
             finally:
                 self._busy = False
 
-    def _queued_rows(self) -> int:
-        return sum(p.rows for p in self._queue if not p.future.done())
-
     def _take(self, now: float) -> list[_Part]:
         batch: list[_Part] = []
         rows = 0
         while self._queue and (not batch or rows + self._queue[0].rows <= self.max_batch_rows):
             part = self._queue.popleft()
+            self._rows_queued -= part.rows
             if part.future.done():  # cancelled: its waiter is gone
                 continue
             if now > part.request.deadline:

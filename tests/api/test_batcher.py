@@ -102,7 +102,7 @@ def test_a_batch_waits_for_others_only_while_a_request_is_on_its_way():
         fourth = asyncio.ensure_future(batcher.submit((rows(30, 1),), deadline))
         await asyncio.sleep(0.05)
         on_the_way["value"] = False
-        batcher._arrived.set()  # as an arrival would: the loop looks again
+        batcher._arrival(0)  # as an arrival would: no one else is coming now, so the loop is woken
         results = await asyncio.wait_for(asyncio.gather(third, fourth), timeout=10)
         await batcher.close()
         return first.result(), second, alone, results, compute.batches
@@ -112,6 +112,30 @@ def test_a_batch_waits_for_others_only_while_a_request_is_on_its_way():
     assert together == [[2, 1]]
     assert torch.equal(first[0], 2 * rows(0, 2)) and torch.equal(second[0], 2 * rows(10, 1))
     assert torch.equal(third[0], 2 * rows(20, 2)) and torch.equal(fourth[0], 2 * rows(30, 1))
+
+
+def test_a_collecting_batch_goes_when_it_is_full_and_not_before():
+    """While others may come, arrivals that leave the batch short of max_batch_rows let it wait out its
+    delay; the arrival that fills it starts it at once."""
+
+    async def main():
+        compute = Recorder()
+        batcher = make(compute, max_batch_rows=4, max_delay_s=30.0, others_coming=lambda: True)
+        batcher.start()
+        deadline = asyncio.get_running_loop().time() + 60
+        waiting = [
+            asyncio.ensure_future(batcher.submit((rows(10 * i, n),), deadline)) for i, n in [(0, 2), (1, 1)]
+        ]
+        await asyncio.sleep(0.2)
+        assert not any(w.done() for w in waiting) and compute.batches == []
+        last = asyncio.ensure_future(batcher.submit((rows(30, 1),), deadline))
+        results = await asyncio.wait_for(asyncio.gather(*waiting, last), timeout=10)  # not the 30 s delay
+        await batcher.close()
+        return results, compute.batches
+
+    results, batches = run(main())
+    assert batches == [[2, 1, 1]]
+    assert [r[0].flatten().tolist() for r in results] == [[0.0, 2.0], [20.0], [60.0]]
 
 
 def test_batchers_count_the_requests_they_hold_against_those_in_flight():
