@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .registry import ServedModel
 
 log = logging.getLogger("made.batcher")
+EXPIRED_IN_QUEUE = "the request's deadline passed while it waited in the queue"
 
 Tensors = tuple[torch.Tensor, ...]
 Compute = Callable[[Sequence[Tensors]], list[Tensors]]  # compute(payloads) -> one result per payload
@@ -201,20 +202,16 @@ class Batcher:
         n = rows_of(payload)
         self._request_rows.observe(n)
         if n <= self.max_batch_rows:
-            return await self._submit_part(loop, payload, deadline)
+            return await self._submit_part(loop, payload, n, deadline)
         bounds = [(s, min(s + self.max_batch_rows, n)) for s in range(0, n, self.max_batch_rows)]
         request = _Request(parts_waiting=len(bounds), enqueued=loop.time(), deadline=deadline)
         parts = [_Part(slice_rows(payload, a, b), request, loop.create_future()) for a, b in bounds]
-        self.budget.waiting += 1
-        self._queue_depth.inc()
-        self.holding.requests += 1
-        self._queue.extend(parts)
-        self._arrival(n)
+        self._join(parts, n)
         futures = [p.future for p in parts]
         try:
             _, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
             if pending and any(not p.taken for p in parts):
-                raise DeadlineExceeded("the request's deadline passed while it waited in the queue")
+                raise DeadlineExceeded(EXPIRED_IN_QUEUE)
             if pending:  # every part is computing already: let them finish
                 await asyncio.wait(pending)
             results = [f.result() for f in futures]  # raises the first part's error
@@ -222,29 +219,36 @@ class Batcher:
             for p in parts:  # a deadline or a cancelled waiter: whatever is still queued is dropped
                 if not p.future.done():
                     p.future.cancel()
-            self._leave_queue(request)
-            self.holding.requests -= 1
+            self._done(request)
         return join_rows(results)
 
     async def _submit_part(
-        self, loop: asyncio.AbstractEventLoop, payload: Tensors, deadline: float
+        self, loop: asyncio.AbstractEventLoop, payload: Tensors, n: int, deadline: float
     ) -> Tensors:
         """A request of one part: its future is awaited as it is, and its deadline is the batcher's expiry
         timer's to enforce while it is queued (once taken, it is computed whatever the deadline)."""
         request = _Request(parts_waiting=1, enqueued=loop.time(), deadline=deadline, one_part=True)
         part = _Part(payload, request, loop.create_future())
-        self.budget.waiting += 1
-        self._queue_depth.inc()
-        self.holding.requests += 1
-        self._queue.append(part)
-        self._arrival(rows_of(payload))
+        self._join([part], n)
         if deadline < self._expiry_at:
             self._expire_at(loop, deadline)
         try:
             return await part.future  # a cancelled waiter cancels the future: the batch skips it
         finally:
-            self._leave_queue(request)
-            self.holding.requests -= 1
+            self._done(request)
+
+    def _join(self, parts: list[_Part], rows: int) -> None:
+        """One request's parts (`rows` rows in all) join the queue, counted against its bound."""
+        self.budget.waiting += 1
+        self._queue_depth.inc()
+        self.holding.requests += 1
+        self._queue.extend(parts)
+        self._arrival(rows)
+
+    def _done(self, request: _Request) -> None:
+        """The request's waiter is leaving: answered, failed or cancelled."""
+        self._leave_queue(request)
+        self.holding.requests -= 1
 
     def _arrival(self, rows: int) -> None:
         """Rows joined the queue: wake the loop if it waits for a first part, or if it collects a batch that
@@ -286,9 +290,7 @@ class Batcher:
             if part.future.done() or not part.request.one_part:  # (taken parts have left the queue)
                 continue
             if part.request.deadline <= now:
-                part.future.set_exception(
-                    DeadlineExceeded("the request's deadline passed while it waited in the queue")
-                )
+                part.future.set_exception(DeadlineExceeded(EXPIRED_IN_QUEUE))
             else:
                 earliest = min(earliest, part.request.deadline)
         if earliest < math.inf:

@@ -46,13 +46,12 @@ from .sampling import Randomness, draw_randomness, sample_per_mask
 
 @dataclass
 class _Event:
-    """The weights of one event (degree p), sliced once: per layer the bias and weights of its units of
-    degree p, the output weights those units feed, and the positions drawn after it."""
+    """The weights of one event (degree p = `first`), sliced once: per layer the bias and weights of its
+    units of degree p, the output weights those units feed, and the positions drawn after it."""
 
-    degree: int
     layers: list[tuple[torch.Tensor, torch.Tensor, int, int, int] | None]  # bias, W, below_end, start, end
     out: tuple[torch.Tensor, int] | None  # W_out[slice_L(p), p*P:] and p*P; None if the last layer has none
-    first: int  # positions first .. end - 1 are drawn after the event
+    first: int  # positions first (= p) .. end - 1 are drawn after the event
     end: int
     input_weights: torch.Tensor | None  # (1, (D - end)*P): position `first`'s part in the later positions
 
@@ -100,7 +99,7 @@ class _MaskPlan:
             input_weights = None
             if one_at_a_time and end < D:  # position p adds its part to the parameters of q > p
                 input_weights = self.input_weights[p : p + 1, end * P :]
-            self.events.append(_Event(p, layers, out, p, end, input_weights))
+            self.events.append(_Event(layers, out, p, end, input_weights))
 
 
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {mask: (weights version, plan)}
@@ -180,7 +179,7 @@ class _Walk:
         options = dict(device=plan.out_bias.device, dtype=plan.out_bias.dtype)
         # No reference to the model itself: the cache of plans is keyed weakly by the model, and a replaced
         # version must be freed with its walks.
-        self.plan, self.rows, self.P = plan, rows, P
+        self.plan, self.P = plan, P
         self.likelihood = model.likelihood
         self.activation = model.network.activation  # the activation module
         self.activation_in_place = IN_PLACE_ACTIVATIONS.get(model.network.config.activation)
@@ -359,9 +358,8 @@ class GraphedWalk:
         return self.samples[:n].clone()  # the graph overwrites its output buffer at the next replay
 
 
-WALKS_PER_PLAN = (
-    8  # cached CPU walks per mask: the batch sizes seen last (a walk holds rows x (D + H) buffers)
-)
+# Cached CPU walks per mask: the batch sizes seen last. A walk holds about rows x (4D + hidden units) values.
+WALKS_PER_PLAN = 8
 
 
 def walk(model: MADEDensity, plan: _MaskPlan, noise: torch.Tensor, cuda_graphs: bool = True) -> torch.Tensor:
