@@ -99,12 +99,17 @@ class RequestTracking:
 def _read_timeout(receive, seconds: float):
     """`receive` that raises RequestTimeout (408, connection closed) when the body pauses over `seconds`:
     a stalled upload must not hold its connection, a compute slot or the drain on SIGTERM. Once the body
-    is complete, receive only waits for a disconnect, which may take as long as the response does."""
+    is complete, receive only waits for a disconnect, which may take as long as the response does.
+
+    A timer on every read costs the event loop more than a small request's read itself, so none is set
+    while uvicorn's request cycle (the `receive` it hands over is a method of it) already holds the whole
+    body: then receive cannot wait for body bytes. Under any other server the timer is always set."""
     body_complete = False
+    cycle = getattr(receive, "__self__", None)
 
     async def timed_receive():
         nonlocal body_complete
-        if body_complete:
+        if body_complete or getattr(cycle, "more_body", True) is False:
             return await receive()
         try:
             async with asyncio.timeout(seconds):

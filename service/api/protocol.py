@@ -24,6 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from . import metrics
 from .errors import APIError, HeaderTooLarge, RequestTimeout
 
+TIMER_SLACK_S = 0.002
 REASONS = {RequestTimeout: b"Request Timeout", HeaderTooLarge: b"Request Header Fields Too Large"}
 
 
@@ -46,6 +47,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.read_timeout_s = read_timeout_s
         self.max_header_bytes = max_header_bytes
+        # One timer per connection, not per request: a request sets head_deadline (a float) and the timer,
+        # when it fires, acts on the deadline as it is then, re-arming itself for a later one. Deadlines only
+        # move later (loop time + the same timeout), so an armed timer is never too late. Under load this
+        # saves a timer's creation and cancellation on every request.
+        self.head_deadline: float | None = None  # loop time by which the head now arriving must be complete
         self.head_timer: asyncio.TimerHandle | None = None
         self.head_bytes = 0  # bytes of the request head read so far (while one is arriving)
         self.head_tail = b""  # the last bytes of the head so far: its end may straddle two reads
@@ -55,13 +61,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         return self.cycle is None or self.cycle.response_complete
 
     def _arm(self) -> None:
-        if self.head_timer is None:
-            self.head_timer = self.loop.call_later(self.read_timeout_s, self._head_timed_out)
+        if self.head_deadline is None:
+            self.head_deadline = self.loop.time() + self.read_timeout_s
+            if self.head_timer is None:
+                self.head_timer = self.loop.call_at(self.head_deadline, self._check_head)
 
     def _disarm(self) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        self.head_deadline = None  # the timer, if armed, finds no head to time out and lapses
         self.head_bytes = 0
         self.head_tail = b""
 
@@ -71,6 +77,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc) -> None:
         self._disarm()
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -93,9 +102,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_headers_complete()
 
-    def _head_timed_out(self) -> None:
+    def _check_head(self) -> None:
         self.head_timer = None
-        if self.transport.is_closing() or not self._awaiting_head():
+        if self.head_deadline is None or self.transport.is_closing() or not self._awaiting_head():
+            return
+        # the event loop's timers have a resolution of about a millisecond: a timer may fire just early
+        if self.loop.time() < self.head_deadline - TIMER_SLACK_S:
+            self.head_timer = self.loop.call_at(self.head_deadline, self._check_head)
             return
         if self.head_bytes:
             self._refuse(RequestTimeout, f"request head not received within {self.read_timeout_s} s")

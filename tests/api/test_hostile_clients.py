@@ -93,6 +93,45 @@ def test_a_connection_that_sends_nothing_is_closed(guarded):
     assert time.monotonic() - started < READ_TIMEOUT_S + 5
 
 
+def read_response(sock: socket.socket) -> tuple[int, dict]:
+    """One response of a keep-alive connection (its head, then Content-Length bytes of body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head_part, _, body = data.partition(b"\r\n\r\n")
+    lines = head_part.lower().split(b"\r\n")
+    length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head_part.split()[1]), json.loads(body)
+
+
+def test_a_later_head_on_a_kept_alive_connection_gets_its_own_full_time(guarded):
+    """A connection has one head timer, armed at its first deadline, that re-arms itself for a later one.
+    A head that starts just before the first deadline and ends after it is not timed out early."""
+    sock = connect(guarded)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")  # the timer of the opening is armed
+    assert read_response(sock)[0] == 200
+    time.sleep(READ_TIMEOUT_S * 0.7)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # due READ_TIMEOUT_S from now, past the first timer
+    time.sleep(READ_TIMEOUT_S * 0.6)  # the first timer has fired by now
+    sock.sendall(b"Host: test\r\n\r\n")
+    assert read_response(sock)[0] == 200
+
+
+def test_a_slow_head_after_a_served_request_gets_408(guarded):
+    """After a request, the next head on the connection is timed out from its own first byte."""
+    sock = connect(guarded)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+    assert read_response(sock)[0] == 200
+    time.sleep(READ_TIMEOUT_S * 1.2)  # the timer of the opening fires and lapses: no head is due
+    sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # never finished
+    started = time.monotonic()
+    status, body = status_and_body(read_all(sock))
+    assert status == 408 and body["error"]["code"] == "request_timeout"
+    assert READ_TIMEOUT_S * 0.8 < time.monotonic() - started < READ_TIMEOUT_S + 5
+
+
 def test_a_head_over_the_limit_gets_431_and_is_closed(guarded):
     before = guarded.metric("made_rejections_total", reason="header_too_large")
     sock = connect(guarded)
