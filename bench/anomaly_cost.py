@@ -77,11 +77,12 @@ def main() -> None:
     by_nll = compute.log_prob(model, K, False, False)
     by_context = compute.context_scores(model, K, False)
 
+    # log-prob takes the rows as sent (it checks their values in the batch), the context score a tensor
     def log_prob(x):
-        return by_nll([(x,)])
+        return by_nll([(x.numpy(),)])
 
     def anomaly_nll(x):
-        ((log_p,),) = by_nll([(x,)])
+        ((log_p,),) = by_nll([(x.numpy(),)])
         score = -log_p.numpy()
         return calibration.nll.p_value(score), score > calibration.nll.threshold(calibration.default_fpr)
 

@@ -49,7 +49,8 @@ log = logging.getLogger("made.batcher")
 EXPIRED_IN_QUEUE = "the request's deadline passed while it waited in the queue"
 
 Tensors = tuple[torch.Tensor, ...]
-Compute = Callable[[Sequence[Tensors]], list[Tensors]]  # compute(payloads) -> one result per payload
+# compute(payloads) -> one result per payload, or the APIError that payload gets (its batch-mates go on)
+Compute = Callable[[Sequence[Tensors]], list[Tensors]]
 
 
 def rows_of(payload: Tensors) -> int:

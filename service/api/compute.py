@@ -11,7 +11,9 @@ import torch
 from ..made import Randomness
 from ..made.conditional import ConditionalRandomness, marginal_log_prob, sample_conditional_from_randomness
 from ..made.fast_sampling import sample_fast_from_randomness
+from . import validation
 from .batcher import Compute, Tensors, rows_of
+from .errors import InvalidInput
 from .registry import ServedModel
 
 
@@ -33,7 +35,8 @@ def _row_results(served: ServedModel, payloads: Sequence[Tensors], results) -> l
 
 def log_prob(served: ServedModel, masks: int, per_dimension: bool, marginal: bool) -> Compute:
     """Payload (x,): float64 results (log p(x),), or (log p(x), (N, D) conditionals) with per_dimension;
-    with `marginal`, NaN entries of x are marginalised out."""
+    with `marginal`, NaN entries of x are marginalised out. Without, x is the request's rows as sent (an
+    array, its shape checked), and its values are checked here (values_checked_first)."""
     model = served.model
 
     def results(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -44,7 +47,23 @@ def log_prob(served: ServedModel, masks: int, per_dimension: bool, marginal: boo
             return conditionals.sum(dim=1), conditionals
         return (model.log_prob(x, masks=masks),)
 
-    return lambda payloads: _row_results(served, payloads, results)
+    def scored(payloads: Sequence[Tensors]) -> list[Tensors]:
+        return _row_results(served, payloads, results)
+
+    return scored if marginal else values_checked_first(served, scored)
+
+
+def values_checked_first(served: ServedModel, compute: Compute) -> Compute:
+    """`compute` for payloads (rows,) of rows as sent: the batch's values are checked first, and a request
+    whose rows are refused gets its InvalidInput while the rest of the batch is computed."""
+
+    def run(payloads: Sequence[Tensors]) -> list[Tensors | InvalidInput]:
+        checked = validation.batch_rows(served, [p[0] for p in payloads])
+        valid = [(x,) for x in checked if not isinstance(x, InvalidInput)]
+        results = iter(compute(valid) if valid else ())
+        return [x if isinstance(x, InvalidInput) else next(results) for x in checked]
+
+    return run
 
 
 def feature_scores(served: ServedModel, masks: int) -> Compute:

@@ -176,19 +176,23 @@ class Engine:
         K = validation.masks(served, masks)
         if per_dimension:
             validation.per_dimension(served, K)
-        x = validation.rows(served, rows, self.settings.max_request_rows, allow_missing=True)
-        # then log p(x_observed); only floats can hold NaN, and numpy answers small rows faster than torch
+        validation.row_shape(served, rows, self.settings.max_request_rows)
+        # NaN marks a missing value: then log p(x_observed). Only floats can hold NaN, and numpy answers small
+        # rows faster than torch.
         marginal = rows.dtype.kind == "f" and bool(np.isnan(rows).any())
         if marginal:
-            missing = torch.isnan(x)
+            payload = (validation.rows(served, rows, self.settings.max_request_rows, allow_missing=True),)
+            missing = torch.isnan(payload[0])
             validation.missing_values(served, missing, K, per_dimension, self.settings.max_missing_patterns)
+        else:
+            payload = (rows,)  # complete rows: their values are checked in the batch (validation.batch_rows)
         batcher = self.batchers.get(
             served,
             "log_prob",
             (K, per_dimension, marginal),
             compute.log_prob(served, K, per_dimension, marginal),
         )
-        result = await batcher.submit((x,), deadline)
+        result = await batcher.submit(payload, deadline)
         conditionals = result[1].numpy() if per_dimension else None
         return LogProbResult(served.version, K, result[0].numpy(), conditionals)
 

@@ -165,6 +165,7 @@ class MADEDensity(Density):
             raise ValueError("network.params_per_dim does not match the likelihood head")
         D = network.config.n_dims
         self.network = network
+        self.config = network.config  # the network's, fixed when it was built; an attribute is cheap to read
         self.likelihood = likelihood
         # Standardisation statistics live in the checkpoint's config.json, so they are not persistent here.
         self.register_buffer("shift", torch.zeros(D) if shift is None else shift.float(), persistent=False)
@@ -175,10 +176,6 @@ class MADEDensity(Density):
         cls, config: MADEConfig, shift: torch.Tensor | None = None, scale: torch.Tensor | None = None
     ) -> MADEDensity:
         return cls(MADE(config), config.likelihood.make(), shift=shift, scale=scale)
-
-    @property
-    def config(self) -> MADEConfig:
-        return self.network.config
 
     @property
     def n_masks(self) -> int:

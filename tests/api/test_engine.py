@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from prometheus_client import REGISTRY
 
 from service import checkpoint
 from service.api.engine import Engine
@@ -191,3 +192,45 @@ def test_a_model_calibrated_for_the_nll_only_scores_by_it_and_refuses_nll_or_con
     np.testing.assert_allclose(anomaly.score, -anomaly.log_prob)
     assert refused.status == 409 and "not calibrated for the 'nll_or_context' score" in refused.message
     assert "made calibrate" in refused.message
+
+
+@pytest.mark.parametrize(
+    ("bad_dtype", "named"),
+    [(np.int64, "value 2 at row 1, column 5"), (np.float64, "value 2.0 at row 1, column 5")],
+    ids=["one-dtype", "mixed-dtypes"],
+)
+def test_a_request_with_a_bad_value_is_refused_on_its_own_and_its_batch_mates_are_answered(
+    repository, bad_dtype, named
+):
+    """Row values are checked in the batch (validation.batch_rows): the bad request gets its 422, naming
+    its own row and column as it sent them, and the requests that shared its batch get the numbers they get
+    alone. All int64: the batch is checked at once, then request by request when that fails; with a
+    float64 request among them, each is checked on its own."""
+    model, _ = checkpoint.load(repository / "tiny" / "1")
+    good = markov_chain(3, 8, seed=1).numpy().astype(np.int64)
+    bad = good.astype(bad_dtype)
+    bad[1, 5] = 2
+
+    async def operation(engine):
+        deadline = engine.deadline(None)
+        return await asyncio.gather(
+            engine.log_prob("tiny", good, 1, False, deadline),
+            engine.log_prob("tiny", bad, 1, False, deadline),
+            engine.log_prob("tiny", good[:1], 1, False, deadline),
+            return_exceptions=True,
+        )
+
+    batches = {"model": "tiny", "operation": "log_prob"}
+    count_before = REGISTRY.get_sample_value("made_batch_rows_count", batches) or 0
+    rows_before = REGISTRY.get_sample_value("made_batch_rows_sum", batches) or 0
+    # a long batching delay: the three are queued before it ends, so they share one batch
+    first, refused, last = run_with_engine(repository, operation, max_batch_delay_ms=200)
+    assert REGISTRY.get_sample_value("made_batch_rows_count", batches) == count_before + 1
+    assert REGISTRY.get_sample_value("made_batch_rows_sum", batches) == rows_before + 3 + 3 + 1
+    assert isinstance(refused, InvalidInput)
+    assert named in str(refused)
+    assert refused.details == {"field": "inputs", "row": 1, "column": 5}
+    with torch.inference_mode():
+        expected = model.log_prob(torch.from_numpy(good).float(), masks=1).double().numpy()
+    np.testing.assert_allclose(first.log_prob, expected, rtol=1e-6)
+    np.testing.assert_allclose(last.log_prob, expected[:1], rtol=1e-6)
