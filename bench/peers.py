@@ -13,6 +13,13 @@ same checkpoint (--model, default runs/oneclass/m8: issue 15's light 784-500 mod
                    of its own: PYTRITON_PYTHON=/path/to/that/venv/bin/python. Triton's HTTP API takes only
                    KServe v2 bodies, so it gets the same rows as one FP32 tensor at /v2/models/light/infer.
 
+and, only when named in --servers, a diagnostic that is not a product configuration:
+
+    ours-lean-asgi our engine (the same batchers, validation and compute) behind the leanest ASGI route we
+                   could write under the same uvicorn: numeric JSON rows in, log p out, and nothing else (no
+                   request tracking or metrics, no limits, headers or content negotiation). What it does
+                   over `ours` is the most that trimming the app's own layers could give under uvicorn.
+
 Before measuring, the same 16 rows go to every server and the answers must agree (rtol 1e-4), or it
 aborts. Each load is then driven by the compiled load generator `hey` (`hey -z Ns -c C -m POST`):
 
@@ -89,7 +96,8 @@ WARMUP_SECONDS = 3
 START_TIMEOUT_S = 240
 JSON_TYPE = "application/json"
 NPY_TYPE = "application/x-npy"
-ALL_SERVERS = ("ours", "ours-2-workers", "fastapi-plain", "torchserve", "pytriton")
+PEERS = ("ours", "ours-2-workers", "fastapi-plain", "torchserve", "pytriton")
+ALL_SERVERS = (*PEERS, "ours-lean-asgi")  # the default run is PEERS
 LAUNCHED: list[subprocess.Popen] = []  # every server process started, so that exit can stop them all
 
 
@@ -377,6 +385,62 @@ def start_fastapi_plain(model_dir: Path, workdir: Path, check_body: bytes) -> Se
     return server
 
 
+LEAN_APP = '''\
+"""Our engine behind the leanest ASGI log-prob route: a diagnostic of what the app's own layers cost."""
+
+import os
+import sys
+
+sys.path.insert(0, {root!r})
+
+import orjson
+
+from service.api import codecs
+from service.api.app import create_app
+
+service = create_app()  # its lifespan starts the engine; every other path (/readyz) is its own
+NAME = os.environ["PEERS_NAME"]
+PATH = f"/v1/models/{{NAME}}/log-prob"
+JSON_HEAD = [(b"content-type", b"application/json")]
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http" or scope["path"] != PATH:
+        return await service(scope, receive, send)
+    engine = service.state.engine
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body, more = body + message.get("body", b""), message.get("more_body", False)
+    rows, _ = codecs.numeric_rows_from_json(body)
+    result = await engine.log_prob(NAME, rows, None, False, engine.deadline(None))
+    answer = orjson.dumps({{"log_prob": result.log_prob}}, option=orjson.OPT_SERIALIZE_NUMPY)
+    headers = [*JSON_HEAD, (b"content-length", b"%d" % len(answer))]
+    await send({{"type": "http.response.start", "status": 200, "headers": headers}})
+    await send({{"type": "http.response.body", "body": answer}})
+'''
+
+
+def start_ours_lean_asgi(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
+    repository, name = model_repository(model_dir, workdir)
+    app_dir = workdir / "lean"
+    app_dir.mkdir()
+    (app_dir / "lean_app.py").write_text(LEAN_APP.format(root=str(ROOT)))
+    port = free_port()
+    command = [str(VENV_BIN / "python"), "-m", "uvicorn", "lean_app:app", "--app-dir", str(app_dir)]
+    command += ["--host", HOST, "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    command += ["--loop", "uvloop", "--http", "httptools"]
+    env = {"PEERS_NAME": name, "MADE_MODEL_REPOSITORY": str(repository), "MADE_DEVICE": DEVICE}
+    server = Server(
+        "ours-lean-asgi",
+        f"http://{HOST}:{port}/v1/models/{name}/log-prob",
+        launch(command, workdir, "ours-lean-asgi", env),
+        workdir / "ours-lean-asgi.log",
+    )
+    wait_until_ready(server, lambda: http_status(f"http://{HOST}:{port}/readyz") == 200)
+    return server
+
+
 TORCHSERVE_HANDLER = '''\
 """TorchServe handler: log p(x) of the rows of every request in a batch, one model call per batch."""
 
@@ -594,6 +658,7 @@ STARTERS: dict[str, Callable[[Path, Path, bytes], Server]] = {
     "fastapi-plain": start_fastapi_plain,
     "torchserve": start_torchserve,
     "pytriton": start_pytriton,
+    "ours-lean-asgi": start_ours_lean_asgi,
 }
 
 
@@ -767,8 +832,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         type=lambda text: names(text, ALL_SERVERS, "server"),
-        default=list(ALL_SERVERS),
-        help=f"comma-separated subset of {','.join(ALL_SERVERS)} (default: all that run here)",
+        default=list(PEERS),
+        help=f"comma-separated subset of {','.join(ALL_SERVERS)} (default: {','.join(PEERS)}, those that "
+        "run here)",
     )
     parser.add_argument(
         "--loads",
@@ -842,8 +908,6 @@ class InProcess:
 
     def __init__(self, model_dir: Path, rows: np.ndarray, repeats: int = 30):
         sys.path.insert(0, str(ROOT))
-        import torch
-
         from service import checkpoint
         from service.api import compute
         from service.api.registry import ServedModel
@@ -851,7 +915,8 @@ class InProcess:
         model, config = checkpoint.load(model_dir, device=DEVICE)
         served = ServedModel(model_dir.name, 1, model_dir, model, config, model.device, time.time(), 0.0)
         self.forward = compute.log_prob(served, model.resolve_masks(None), False, False)
-        self.payloads = [(torch.from_numpy(rows.astype(np.float32)),)]
+        # the rows as the server gets them from a JSON body (int64); it checks their values in the batch
+        self.payloads = [(rows.astype(np.int64),)]
         self.rows, self.repeats = len(rows), repeats
         self.rows_per_s: list[float] = []
 
