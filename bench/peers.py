@@ -368,13 +368,20 @@ def log_prob(name: str, body: Rows):
 '''
 
 
-def start_fastapi_plain(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
-    app_dir = workdir / "plain"
+def uvicorn_app(workdir: Path, module: str, source: str) -> tuple[list[str], int]:
+    """(the command, its port) of uvicorn serving `app` of a generated module on a free port; the event loop
+    and HTTP parser are uvicorn's defaults, uvloop and httptools where installed, as under `made serve`."""
+    app_dir = workdir / module
     app_dir.mkdir()
-    (app_dir / "plain_app.py").write_text(PLAIN_APP.format(root=str(ROOT)))
+    (app_dir / f"{module}.py").write_text(source)
     port = free_port()
-    command = [str(VENV_BIN / "python"), "-m", "uvicorn", "plain_app:app", "--app-dir", str(app_dir)]
+    command = [str(VENV_BIN / "python"), "-m", "uvicorn", f"{module}:app", "--app-dir", str(app_dir)]
     command += ["--host", HOST, "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    return command, port
+
+
+def start_fastapi_plain(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
+    command, port = uvicorn_app(workdir, "plain_app", PLAIN_APP.format(root=str(ROOT)))
     server = Server(
         "fastapi-plain",
         f"http://{HOST}:{port}/v1/models/light/log-prob",
@@ -423,13 +430,7 @@ async def app(scope, receive, send):
 
 def start_ours_lean_asgi(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
     repository, name = model_repository(model_dir, workdir)
-    app_dir = workdir / "lean"
-    app_dir.mkdir()
-    (app_dir / "lean_app.py").write_text(LEAN_APP.format(root=str(ROOT)))
-    port = free_port()
-    command = [str(VENV_BIN / "python"), "-m", "uvicorn", "lean_app:app", "--app-dir", str(app_dir)]
-    command += ["--host", HOST, "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    command += ["--loop", "uvloop", "--http", "httptools"]
+    command, port = uvicorn_app(workdir, "lean_app", LEAN_APP.format(root=str(ROOT)))
     env = {"PEERS_NAME": name, "MADE_MODEL_REPOSITORY": str(repository), "MADE_DEVICE": DEVICE}
     server = Server(
         "ours-lean-asgi",
