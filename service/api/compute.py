@@ -36,7 +36,8 @@ def _row_results(served: ServedModel, payloads: Sequence[Tensors], results) -> l
 def log_prob(served: ServedModel, masks: int, per_dimension: bool, marginal: bool) -> Compute:
     """Payload (x,): float64 results (log p(x),), or (log p(x), (N, D) conditionals) with per_dimension;
     with `marginal`, NaN entries of x are marginalised out. Without, x is the request's rows as sent (an
-    array, its shape checked), and its values are checked here (values_checked_first)."""
+    array, its shape checked), whose values are checked here (values_checked_first), or rows checked
+    before they were queued (a request split over several batches)."""
     model = served.model
 
     def results(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -54,8 +55,9 @@ def log_prob(served: ServedModel, masks: int, per_dimension: bool, marginal: boo
 
 
 def values_checked_first(served: ServedModel, compute: Compute) -> Compute:
-    """`compute` for payloads (rows,) of rows as sent: the batch's values are checked first, and a request
-    whose rows are refused gets its InvalidInput while the rest of the batch is computed."""
+    """`compute` for payloads (rows,) as validation.batch_rows takes them: the batch's values are checked
+    first, and a request whose rows are refused gets its InvalidInput while the rest of the batch is
+    computed."""
 
     def run(payloads: Sequence[Tensors]) -> list[Tensors | InvalidInput]:
         checked = validation.batch_rows(served, [p[0] for p in payloads])

@@ -184,6 +184,9 @@ class Engine:
             payload = (validation.rows(served, rows, self.settings.max_request_rows, allow_missing=True),)
             missing = torch.isnan(payload[0])
             validation.missing_values(served, missing, K, per_dimension, self.settings.max_missing_patterns)
+        elif rows.shape[0] > self.settings.max_batch_rows:
+            # split over several batches: checked here, so that an error names the request's own row
+            payload = (validation.rows(served, rows, self.settings.max_request_rows),)
         else:
             payload = (rows,)  # complete rows: their values are checked in the batch (validation.batch_rows)
         batcher = self.batchers.get(

@@ -40,22 +40,30 @@ def row_shape(served: ServedModel, rows: np.ndarray, max_rows: int, field: str =
         check_shape(rows, served.model.n_dims, source=field)
 
 
-def batch_rows(served: ServedModel, parts: list[np.ndarray]) -> list[torch.Tensor | InvalidInput]:
-    """Each request's rows (shapes checked by row_shape, no missing values) as the model's tensor, or the
-    InvalidInput that request gets. The values are checked in the compute thread, where the whole batch
-    costs one pass: on the event loop, checking each 1-row request cost more than a third of the engine's
-    time per request. Only a batch that fails is checked again request by request, to find whose rows are
-    wrong and name them as `rows` would; parts of several dtypes are checked one by one too, so that each
-    is checked as it was sent."""
-    if len(parts) > 1 and len({part.dtype for part in parts}) == 1:
-        try:
-            joined = validate(np.concatenate(parts), served.model.likelihood, served.model.n_dims)
-        except DataError:
-            pass
-        else:
-            return list(joined.split([len(part) for part in parts]))
+def batch_rows(
+    served: ServedModel, parts: list[np.ndarray | torch.Tensor]
+) -> list[torch.Tensor | InvalidInput]:
+    """Each request's rows as the model's tensor, or the InvalidInput that request gets. A part is a
+    request's rows as sent (an array, shape checked by row_shape, no missing values), or a tensor `rows`
+    made before it was queued (a request split over several batches, whose errors must name its own rows).
+
+    The values are checked in the compute thread, where the whole batch costs one pass: on the event loop,
+    checking each 1-row request cost more than a third of the engine's time per request. Only a batch that
+    fails is checked again request by request, to find whose rows are wrong and name them as `rows` would;
+    so are the parts of a batch that are not all arrays of one dtype, so that each is checked as sent."""
+    if len(parts) > 1 and all(isinstance(part, np.ndarray) for part in parts):
+        if len({part.dtype for part in parts}) == 1:
+            try:
+                joined = validate(np.concatenate(parts), served.model.likelihood, served.model.n_dims)
+            except DataError:
+                pass
+            else:
+                return list(joined.split([len(part) for part in parts]))
     outcomes: list[torch.Tensor | InvalidInput] = []
     for part in parts:
+        if isinstance(part, torch.Tensor):  # checked before it was queued
+            outcomes.append(part)
+            continue
         try:
             outcomes.append(rows(served, part, max_rows=len(part)))
         except InvalidInput as exc:

@@ -234,3 +234,17 @@ def test_a_request_with_a_bad_value_is_refused_on_its_own_and_its_batch_mates_ar
         expected = model.log_prob(torch.from_numpy(good).float(), masks=1).double().numpy()
     np.testing.assert_allclose(first.log_prob, expected, rtol=1e-6)
     np.testing.assert_allclose(last.log_prob, expected[:1], rtol=1e-6)
+
+
+def test_a_request_split_over_batches_is_refused_naming_its_own_row(repository):
+    """A request with more rows than max_batch_rows runs in parts, in several batches: its values are
+    checked before it is split, so the error names the row as the request numbers it, not as its part."""
+    rows = markov_chain(10, 8, seed=2).numpy().astype(np.int64)
+    rows[6, 3] = 2  # in the second part of 4 rows, as its row 2
+
+    async def operation(engine):
+        return await engine.log_prob("tiny", rows, 1, False, engine.deadline(None))
+
+    with pytest.raises(InvalidInput, match="value 2 at row 6, column 3") as refused:
+        run_with_engine(repository, operation, max_batch_rows=4)
+    assert refused.value.details == {"field": "inputs", "row": 6, "column": 3}
