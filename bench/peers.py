@@ -19,6 +19,9 @@ and, only when named in --servers, a diagnostic that is not a product configurat
                    could write under the same uvicorn: numeric JSON rows in, log p out, and nothing else (no
                    request tracking or metrics, no limits, headers or content negotiation). What it does
                    over `ours` is the most that trimming the app's own layers could give under uvicorn.
+    minimal-batched the same model call behind a minimal ASGI route and a 30-line batcher (a batch goes
+                   when every request in flight has joined it, or 2 ms after its first), compute in one
+                   thread: what our engine, batcher and app layers cost, all together, on the event loop.
 
 Before measuring, the same 16 rows go to every server and the answers must agree (rtol 1e-4), or it
 aborts. Each load is then driven by the compiled load generator `hey` (`hey -z Ns -c C -m POST`):
@@ -97,7 +100,7 @@ START_TIMEOUT_S = 240
 JSON_TYPE = "application/json"
 NPY_TYPE = "application/x-npy"
 PEERS = ("ours", "ours-2-workers", "fastapi-plain", "torchserve", "pytriton")
-ALL_SERVERS = (*PEERS, "ours-lean-asgi")  # the default run is PEERS
+ALL_SERVERS = (*PEERS, "ours-lean-asgi", "minimal-batched")  # the default run is PEERS
 LAUNCHED: list[subprocess.Popen] = []  # every server process started, so that exit can stop them all
 
 
@@ -442,6 +445,109 @@ def start_ours_lean_asgi(model_dir: Path, workdir: Path, check_body: bytes) -> S
     return server
 
 
+MINIMAL_APP = '''\
+"""The same model call behind a minimal ASGI route and a minimal batcher: a diagnostic of what our
+engine, batcher and app layers cost on the event loop. No checks, limits, deadlines or metrics."""
+
+import asyncio
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+sys.path.insert(0, {root!r})
+
+import numpy as np
+import orjson
+import torch
+
+from service import checkpoint
+from service.api import codecs
+
+DEVICE = os.environ.get("PEERS_DEVICE", "cpu")
+model, _ = checkpoint.load(os.environ["PEERS_MODEL"], device=DEVICE)
+compute_thread = ThreadPoolExecutor(1)  # one compute thread, torch's default threads, as `made serve`
+MAX_DELAY_S = 0.002
+queue = []  # (rows, future) waiting for the next batch
+in_flight = 0  # requests between their body and their answer
+wakeup = None
+
+
+def log_prob(parts):
+    x = torch.from_numpy(np.concatenate(parts).astype(np.float32)).to(DEVICE)
+    with torch.inference_mode():
+        return model.log_prob(x).double().cpu().numpy()
+
+
+def wake():
+    if wakeup is not None and not wakeup.done():
+        wakeup.set_result(None)
+
+
+async def batcher():
+    # a batch goes when every request in flight has joined it, or MAX_DELAY_S after its first one
+    global queue, wakeup
+    loop = asyncio.get_running_loop()
+    while True:
+        while not queue:
+            wakeup = loop.create_future()
+            await wakeup
+        until = loop.time() + MAX_DELAY_S
+        while len(queue) < in_flight and loop.time() < until:
+            wakeup = loop.create_future()
+            timer = loop.call_at(until, wake)
+            await wakeup
+            timer.cancel()
+        batch, queue = queue, []
+        result = await loop.run_in_executor(compute_thread, log_prob, [rows for rows, _ in batch])
+        start = 0
+        for rows, future in batch:
+            future.set_result(result[start : start + len(rows)])
+            start += len(rows)
+
+
+async def app(scope, receive, send):
+    global in_flight
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] == "lifespan.startup":
+            app.batcher = asyncio.create_task(batcher())
+            await send({{"type": "lifespan.startup.complete"}})
+        await send({{"type": "lifespan.shutdown.complete"}})
+        return
+    if scope["path"] == "/readyz":
+        answer = b'{{"ready":true}}'
+    else:
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        rows, _ = codecs.numeric_rows_from_json(body)
+        future = asyncio.get_running_loop().create_future()
+        in_flight += 1
+        queue.append((rows, future))
+        if len(queue) == 1 or len(queue) >= in_flight:
+            wake()
+        try:
+            answer = orjson.dumps({{"log_prob": await future}}, option=orjson.OPT_SERIALIZE_NUMPY)
+        finally:
+            in_flight -= 1
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]
+    await send({{"type": "http.response.start", "status": 200, "headers": headers}})
+    await send({{"type": "http.response.body", "body": answer}})
+'''
+
+
+def start_minimal_batched(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
+    command, port = uvicorn_app(workdir, "minimal_app", MINIMAL_APP.format(root=str(ROOT)))
+    server = Server(
+        "minimal-batched",
+        f"http://{HOST}:{port}/v1/models/light/log-prob",
+        launch(command, workdir, "minimal-batched", {"PEERS_MODEL": str(model_dir), "PEERS_DEVICE": DEVICE}),
+        workdir / "minimal-batched.log",
+    )
+    wait_until_ready(server, lambda: http_status(f"http://{HOST}:{port}/readyz") == 200)
+    return server
+
+
 TORCHSERVE_HANDLER = '''\
 """TorchServe handler: log p(x) of the rows of every request in a batch, one model call per batch."""
 
@@ -660,6 +766,7 @@ STARTERS: dict[str, Callable[[Path, Path, bytes], Server]] = {
     "torchserve": start_torchserve,
     "pytriton": start_pytriton,
     "ours-lean-asgi": start_ours_lean_asgi,
+    "minimal-batched": start_minimal_batched,
 }
 
 
