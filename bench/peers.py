@@ -371,28 +371,33 @@ def log_prob(name: str, body: Rows):
 '''
 
 
-def uvicorn_app(workdir: Path, module: str, source: str) -> tuple[list[str], int]:
-    """(the command, its port) of uvicorn serving `app` of a generated module on a free port; the event loop
-    and HTTP parser are uvicorn's defaults, uvloop and httptools where installed, as under `made serve`."""
+def start_uvicorn_app(name: str, source: str, workdir: Path, path: str, env: dict[str, str]) -> Server:
+    """A generated app module, `app` in `source`, under uvicorn on a free port, answering log-prob at
+    `path`; the event loop and HTTP parser are uvicorn's defaults, uvloop and httptools where installed, as
+    under `made serve`. Ready when its /readyz answers 200."""
+    module = name.replace("-", "_")
     app_dir = workdir / module
     app_dir.mkdir()
     (app_dir / f"{module}.py").write_text(source)
     port = free_port()
     command = [str(VENV_BIN / "python"), "-m", "uvicorn", f"{module}:app", "--app-dir", str(app_dir)]
     command += ["--host", HOST, "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    return command, port
-
-
-def start_fastapi_plain(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
-    command, port = uvicorn_app(workdir, "plain_app", PLAIN_APP.format(root=str(ROOT)))
     server = Server(
-        "fastapi-plain",
-        f"http://{HOST}:{port}/v1/models/light/log-prob",
-        launch(command, workdir, "fastapi-plain", {"PEERS_MODEL": str(model_dir), "PEERS_DEVICE": DEVICE}),
-        workdir / "fastapi-plain.log",
+        name, f"http://{HOST}:{port}{path}", launch(command, workdir, name, env), workdir / f"{name}.log"
     )
     wait_until_ready(server, lambda: http_status(f"http://{HOST}:{port}/readyz") == 200)
     return server
+
+
+def start_checkpoint_app(name: str, template: str, model_dir: Path, workdir: Path) -> Server:
+    """An app that loads the checkpoint itself (PEERS_MODEL) and answers at /v1/models/light/log-prob."""
+    env = {"PEERS_MODEL": str(model_dir), "PEERS_DEVICE": DEVICE}
+    source = template.format(root=str(ROOT))
+    return start_uvicorn_app(name, source, workdir, "/v1/models/light/log-prob", env)
+
+
+def start_fastapi_plain(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
+    return start_checkpoint_app("fastapi-plain", PLAIN_APP, model_dir, workdir)
 
 
 LEAN_APP = '''\
@@ -433,16 +438,9 @@ async def app(scope, receive, send):
 
 def start_ours_lean_asgi(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
     repository, name = model_repository(model_dir, workdir)
-    command, port = uvicorn_app(workdir, "lean_app", LEAN_APP.format(root=str(ROOT)))
     env = {"PEERS_NAME": name, "MADE_MODEL_REPOSITORY": str(repository), "MADE_DEVICE": DEVICE}
-    server = Server(
-        "ours-lean-asgi",
-        f"http://{HOST}:{port}/v1/models/{name}/log-prob",
-        launch(command, workdir, "ours-lean-asgi", env),
-        workdir / "ours-lean-asgi.log",
-    )
-    wait_until_ready(server, lambda: http_status(f"http://{HOST}:{port}/readyz") == 200)
-    return server
+    source = LEAN_APP.format(root=str(ROOT))
+    return start_uvicorn_app("ours-lean-asgi", source, workdir, f"/v1/models/{name}/log-prob", env)
 
 
 MINIMAL_APP = '''\
@@ -537,15 +535,7 @@ async def app(scope, receive, send):
 
 
 def start_minimal_batched(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
-    command, port = uvicorn_app(workdir, "minimal_app", MINIMAL_APP.format(root=str(ROOT)))
-    server = Server(
-        "minimal-batched",
-        f"http://{HOST}:{port}/v1/models/light/log-prob",
-        launch(command, workdir, "minimal-batched", {"PEERS_MODEL": str(model_dir), "PEERS_DEVICE": DEVICE}),
-        workdir / "minimal-batched.log",
-    )
-    wait_until_ready(server, lambda: http_status(f"http://{HOST}:{port}/readyz") == 200)
-    return server
+    return start_checkpoint_app("minimal-batched", MINIMAL_APP, model_dir, workdir)
 
 
 TORCHSERVE_HANDLER = '''\
