@@ -258,13 +258,16 @@ class Batcher:
         wakeup = self._wakeup
         if wakeup is None or wakeup.done():
             return
-        if (
-            self._collecting
-            and self._rows_queued < self.max_batch_rows
-            and (self.others_coming is None or self.others_coming())
-        ):
+        if self._collecting and not self._batch_ready():
             return
         wakeup.set_result(None)
+
+    def _batch_ready(self) -> bool:
+        """The batch being collected should go before its delay runs out: it is full, or no request is on
+        its way to join it (every one in flight is in a batcher), so waiting would only lose time."""
+        return self._rows_queued >= self.max_batch_rows or (
+            self.others_coming is not None and not self.others_coming()
+        )
 
     async def _sleep(self, loop: asyncio.AbstractEventLoop, until: float | None) -> None:
         """Until `_arrival` wakes the loop, or until `until` (loop.time()), if given."""
@@ -309,16 +312,11 @@ class Batcher:
         while True:
             while not self._queue:
                 await self._sleep(loop, None)
-            # Give others until the first part's delay runs out to join, unless the batch is full already
-            # or no request is on its way (every one in flight is in a batcher): then the delay is only lost.
+            # Give others until the first part's delay runs out to join, unless the batch is ready already.
             collect_until = self._queue[0].request.enqueued + self.max_delay_s
             self._collecting = True
             try:
-                while self._rows_queued < self.max_batch_rows and not self._closed:
-                    if self.others_coming is not None and not self.others_coming():
-                        break
-                    if collect_until <= loop.time():
-                        break
+                while not self._closed and not self._batch_ready() and loop.time() < collect_until:
                     await self._sleep(loop, collect_until)
             finally:
                 self._collecting = False
