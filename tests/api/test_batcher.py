@@ -52,6 +52,18 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def held_at_the_gate(compute: Recorder, **options) -> tuple[Batcher, asyncio.Future]:
+    """A started batcher (no batching delay) whose first request, rows [0], the compute thread holds at
+    `compute.gate` (cleared by the caller): whatever is submitted next waits in the queue. The first
+    request's deadline (30 s) outlasts any test."""
+    batcher = make(compute, max_delay_s=0.0, **options)
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    computing = asyncio.ensure_future(batcher.submit((rows(0, 1),), loop.time() + 30))
+    await asyncio.sleep(0.05)  # taken by the loop: computing, not waiting
+    return batcher, computing
+
+
 async def submit_once(compute, n: int, **options):
     """Start a batcher, submit one request of the rows 0..n-1, close the batcher; that request's answer."""
     batcher = make(compute, **options)
@@ -195,11 +207,8 @@ def test_full_queue_refuses_at_once_with_retry_after():
     compute.gate.clear()  # the model is busy: nothing leaves the queue
 
     async def main():
-        batcher = make(compute, max_queue_requests=3, max_delay_s=0.0)
-        batcher.start()
+        batcher, first = await held_at_the_gate(compute, max_queue_requests=3)
         deadline = asyncio.get_running_loop().time() + 5
-        first = asyncio.ensure_future(batcher.submit((rows(0, 1),), deadline))
-        await asyncio.sleep(0.05)  # taken by the loop: computing, not waiting
         waiting = [asyncio.ensure_future(batcher.submit((rows(i, 1),), deadline)) for i in range(3)]
         await asyncio.sleep(0.01)
         with pytest.raises(QueueFull) as refused:
@@ -218,11 +227,8 @@ def test_deadline_in_queue_gives_504_and_never_reaches_the_model():
     compute.gate.clear()
 
     async def main():
-        batcher = make(compute, max_delay_s=0.0)
-        batcher.start()
+        batcher, blocker = await held_at_the_gate(compute)
         loop = asyncio.get_running_loop()
-        blocker = asyncio.ensure_future(batcher.submit((rows(0, 1),), loop.time() + 5))
-        await asyncio.sleep(0.05)
         started = loop.time()
         with pytest.raises(DeadlineExceeded):
             await batcher.submit((rows(500, 2),), loop.time() + 0.1)
@@ -244,12 +250,9 @@ def test_queued_deadlines_expire_at_their_own_time_whatever_their_order():
     compute.gate.clear()
 
     async def main():
-        batcher = make(compute, max_delay_s=0.0)
-        batcher.start()
+        batcher, computing = await held_at_the_gate(compute)
         loop = asyncio.get_running_loop()
         try:
-            computing = asyncio.ensure_future(batcher.submit((rows(0, 1),), loop.time() + 30))
-            await asyncio.sleep(0.02)  # taken: the compute thread holds it at the gate
             late = asyncio.ensure_future(batcher.submit((rows(100, 1),), loop.time() + 30))
             soon = asyncio.ensure_future(batcher.submit((rows(200, 1),), loop.time() + 0.1))
             sooner = asyncio.ensure_future(batcher.submit((rows(300, 1),), loop.time() + 0.05))
