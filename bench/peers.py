@@ -13,12 +13,13 @@ same checkpoint (--model, default runs/oneclass/m8: issue 15's light 784-500 mod
                    of its own: PYTRITON_PYTHON=/path/to/that/venv/bin/python. Triton's HTTP API takes only
                    KServe v2 bodies, so it gets the same rows as one FP32 tensor at /v2/models/light/infer.
 
-and, only when named in --servers, a diagnostic that is not a product configuration:
+and, only when named in --servers, two diagnostics that are not product configurations (both read the body
+with the service's own codecs.read_body):
 
     ours-lean-asgi our engine (the same batchers, validation and compute) behind the leanest ASGI route we
                    could write under the same uvicorn: numeric JSON rows in, log p out, and nothing else (no
-                   request tracking or metrics, no limits, headers or content negotiation). What it does
-                   over `ours` is the most that trimming the app's own layers could give under uvicorn.
+                   request tracking or metrics, no headers or content negotiation; the body limit only).
+                   What it does over `ours` is the most that trimming the app's own layers could give.
     minimal-batched the same model call behind a minimal ASGI route and a 30-line batcher (a batch goes
                    when every request in flight has joined it, or 2 ms after its first), compute in one
                    thread: what our engine, batcher and app layers cost, all together, on the event loop.
@@ -409,6 +410,7 @@ import sys
 sys.path.insert(0, {root!r})
 
 import orjson
+from starlette.requests import Request
 
 from service.api import codecs
 from service.api.app import create_app
@@ -423,10 +425,7 @@ async def app(scope, receive, send):
     if scope["type"] != "http" or scope["path"] != PATH:
         return await service(scope, receive, send)
     engine = service.state.engine
-    body, more = b"", True
-    while more:
-        message = await receive()
-        body, more = body + message.get("body", b""), message.get("more_body", False)
+    body = await codecs.read_body(Request(scope, receive), engine.settings.max_body_bytes)
     rows, _ = codecs.numeric_rows_from_json(body)
     result = await engine.log_prob(NAME, rows, None, False, engine.deadline(None))
     answer = orjson.dumps({{"log_prob": result.log_prob}}, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -445,7 +444,8 @@ def start_ours_lean_asgi(model_dir: Path, workdir: Path, check_body: bytes) -> S
 
 MINIMAL_APP = '''\
 """The same model call behind a minimal ASGI route and a minimal batcher: a diagnostic of what our
-engine, batcher and app layers cost on the event loop. No checks, limits, deadlines or metrics."""
+engine, batcher and app layers cost on the event loop. No checks, deadlines or metrics; the body limit
+only."""
 
 import asyncio
 import os
@@ -457,6 +457,7 @@ sys.path.insert(0, {root!r})
 import numpy as np
 import orjson
 import torch
+from starlette.requests import Request
 
 from service import checkpoint
 from service.api import codecs
@@ -465,6 +466,7 @@ DEVICE = os.environ.get("PEERS_DEVICE", "cpu")
 model, _ = checkpoint.load(os.environ["PEERS_MODEL"], device=DEVICE)
 compute_thread = ThreadPoolExecutor(1)  # one compute thread, torch's default threads, as `made serve`
 MAX_DELAY_S = 0.002
+MAX_BODY_BYTES = 64 * 1024 * 1024
 queue = []  # (rows, future) waiting for the next batch
 in_flight = 0  # requests between their body and their answer
 wakeup = None
@@ -514,10 +516,7 @@ async def app(scope, receive, send):
     if scope["path"] == "/readyz":
         answer = b'{{"ready":true}}'
     else:
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body, more = body + message.get("body", b""), message.get("more_body", False)
+        body = await codecs.read_body(Request(scope, receive), MAX_BODY_BYTES)
         rows, _ = codecs.numeric_rows_from_json(body)
         future = asyncio.get_running_loop().create_future()
         in_flight += 1
