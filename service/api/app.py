@@ -30,13 +30,13 @@ class Service(FastAPI):
         for router in routers:
             self.include_router(router)
         self.direct_routes = DirectRoutes(routers)
-        self.direct = RequestTracking(self.direct_routes, access_log=access_log)
+        self.direct_tracking = RequestTracking(access_log=access_log)
         self.add_middleware(RequestTracking, access_log=access_log)
 
     async def __call__(self, scope, receive, send) -> None:
         if self.direct_routes.match(scope):
             scope["app"] = self  # as Starlette sets it: Request.app, and the engine, are found through it
-            return await self.direct(scope, receive, send)
+            return await self.direct_tracking.respond(scope, receive, send, self.direct_routes.answer)
         await super().__call__(scope, receive, send)
 
 

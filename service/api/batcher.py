@@ -34,7 +34,6 @@ import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -84,32 +83,31 @@ class Holding:
 
 
 class QueueBudget:
-    """How many requests may wait, across the batchers of one model and operation."""
+    """How many requests may wait, across the batchers of one model and operation; how many do is the
+    made_queue_depth series `depth` (None: exported nowhere)."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, depth=None):
         self.limit = limit
-        self.waiting = 0
+        self.waiting = metrics.LiveCount(depth)
 
 
-@dataclass
 class _Request:
-    parts_waiting: int
-    enqueued: float
-    deadline: float
-    in_queue: bool = True
-    one_part: bool = False  # its deadline is the batcher's expiry timer's to enforce
+    __slots__ = ("parts_waiting", "enqueued", "deadline", "in_queue", "one_part")
+
+    def __init__(self, parts_waiting: int, enqueued: float, deadline: float, one_part: bool = False):
+        self.parts_waiting = parts_waiting
+        self.enqueued = enqueued
+        self.deadline = deadline
+        self.in_queue = True
+        self.one_part = one_part  # its deadline is the batcher's expiry timer's to enforce
 
 
-@dataclass
 class _Part:
-    payload: Tensors
-    request: _Request
-    future: asyncio.Future
-    taken: bool = field(default=False)
+    __slots__ = ("payload", "rows", "request", "future", "taken")
 
-    @property
-    def rows(self) -> int:
-        return rows_of(self.payload)
+    def __init__(self, payload: Tensors, rows: int, request: _Request, future: asyncio.Future):
+        self.payload, self.rows, self.request, self.future = payload, rows, request, future
+        self.taken = False
 
 
 class Batcher:
@@ -135,7 +133,7 @@ class Batcher:
         self.executor = executor
         self.max_batch_rows = max_batch_rows
         self.max_delay_s = max_delay_s
-        self.budget = budget or QueueBudget(max_queue_requests)
+        self.budget = budget or QueueBudget(max_queue_requests, metrics.QUEUE_DEPTH.labels(model, operation))
         self._queue: collections.deque[_Part] = collections.deque()
         self._rows_queued = 0  # rows of the parts in the queue (a part cancelled there counts until taken)
         # The loop sleeps on `_wakeup` (and, while collecting a batch, a timer): an arrival wakes it only when
@@ -149,10 +147,11 @@ class Batcher:
         # request (asyncio.wait's timeout) cost more of the event loop than the rest of queueing it.
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at = math.inf
-        # this batcher's series, bound once: labels() on every request costs more than the update itself
+        # this batcher's series, bound once: labels() on every request costs more than the update itself;
+        # what its requests asked for and waited is observed once per batch taken (metrics.observe_all)
+        self._rows_asked: list[int] = []
         labels = {"model": model, "operation": operation}
         self._request_rows = metrics.REQUEST_ROWS.labels(**labels)
-        self._queue_depth = metrics.QUEUE_DEPTH.labels(**labels)
         self._queue_wait = metrics.QUEUE_WAIT.labels(**labels)
         self._batch_rows = metrics.BATCH_ROWS.labels(**labels)
         self._compute_seconds = metrics.COMPUTE.labels(**labels)
@@ -183,6 +182,7 @@ class Batcher:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry, self._expiry_at = None, math.inf
+        self._observe([])
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -192,7 +192,7 @@ class Batcher:
         """The result for `payload`; `deadline` is on loop.time()."""
         if self._closed:
             raise ShuttingDown("the server is shutting down and takes no new work")
-        if self.budget.waiting >= self.budget.limit:
+        if self.budget.waiting.value >= self.budget.limit:
             raise QueueFull(
                 f"the queue for {self.model}/{self.operation} is full "
                 f"({self.budget.limit} requests waiting); retry shortly",
@@ -201,12 +201,12 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         n = rows_of(payload)
-        self._request_rows.observe(n)
+        self._rows_asked.append(n)
         if n <= self.max_batch_rows:
             return await self._submit_part(loop, payload, n, deadline)
         bounds = [(s, min(s + self.max_batch_rows, n)) for s in range(0, n, self.max_batch_rows)]
         request = _Request(parts_waiting=len(bounds), enqueued=loop.time(), deadline=deadline)
-        parts = [_Part(slice_rows(payload, a, b), request, loop.create_future()) for a, b in bounds]
+        parts = [_Part(slice_rows(payload, a, b), b - a, request, loop.create_future()) for a, b in bounds]
         self._join(parts, n)
         futures = [p.future for p in parts]
         try:
@@ -229,7 +229,7 @@ class Batcher:
         """A request of one part: its future is awaited as it is, and its deadline is the batcher's expiry
         timer's to enforce while it is queued (once taken, it is computed whatever the deadline)."""
         request = _Request(parts_waiting=1, enqueued=loop.time(), deadline=deadline, one_part=True)
-        part = _Part(payload, request, loop.create_future())
+        part = _Part(payload, n, request, loop.create_future())
         self._join([part], n)
         if deadline < self._expiry_at:
             self._expire_at(loop, deadline)
@@ -240,8 +240,7 @@ class Batcher:
 
     def _join(self, parts: list[_Part], rows: int) -> None:
         """One request's parts (`rows` rows in all) join the queue, counted against its bound."""
-        self.budget.waiting += 1
-        self._queue_depth.inc()
+        self.budget.waiting.add(1)
         self.holding.requests += 1
         self._queue.extend(parts)
         self._arrival(rows)
@@ -303,8 +302,7 @@ class Batcher:
     def _leave_queue(self, request: _Request) -> None:
         if request.in_queue:
             request.in_queue = False
-            self.budget.waiting -= 1
-            self._queue_depth.dec()
+            self.budget.waiting.add(-1)
 
     # ---- the loop side -----------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -331,6 +329,7 @@ class Batcher:
 
     def _take(self, now: float) -> list[_Part]:
         batch: list[_Part] = []
+        waited: list[float] = []  # by each request that leaves the queue with this batch
         rows = 0
         while self._queue and (not batch or rows + self._queue[0].rows <= self.max_batch_rows):
             part = self._queue.popleft()
@@ -345,9 +344,15 @@ class Batcher:
             rows += part.rows
             part.request.parts_waiting -= 1
             if part.request.parts_waiting == 0 and part.request.in_queue:
-                self._queue_wait.observe(now - part.request.enqueued)
+                waited.append(now - part.request.enqueued)
                 self._leave_queue(part.request)
+        self._observe(waited)
         return batch
+
+    def _observe(self, waited: list[float]) -> None:
+        metrics.observe_all(self._queue_wait, waited)
+        asked, self._rows_asked = self._rows_asked, []
+        metrics.observe_all(self._request_rows, asked)
 
     async def _execute(self, batch: list[_Part]) -> None:
         loop = asyncio.get_running_loop()
@@ -446,20 +451,26 @@ class Batchers:
         self._retiring: set[Batcher] = set()
         self._closing: set[asyncio.Task] = set()
 
-    def get(self, served: ServedModel, operation: str, options: Hashable, compute: Compute) -> Batcher:
-        """The batcher of this snapshot, operation and options; made (with `compute`, which must compute
-        with `served`) if there is none yet. Runs on the event loop; the caller submits to it before it
-        next awaits, so a batcher is never retired between this call and the request joining its queue."""
+    def get(
+        self, served: ServedModel, operation: str, options: Hashable, make_compute: Callable[[], Compute]
+    ) -> Batcher:
+        """The batcher of this snapshot, operation and options; made, with the compute function
+        `make_compute()` returns (it must compute with `served`), if there is none yet. Runs on the event
+        loop; the caller submits to it before it next awaits, so a batcher is never retired between this
+        call and the request joining its queue."""
         key = (served.name, operation, options)
         found = self._current.get(key)
         if found is not None and found[0] is served:
             return found[1]
         self._retire_other_versions(served)
-        budget = self._budgets.setdefault((served.name, operation), QueueBudget(self.max_queue_requests))
+        budget = self._budgets.get((served.name, operation))
+        if budget is None:
+            depth = metrics.QUEUE_DEPTH.labels(model=served.name, operation=operation)
+            budget = self._budgets[served.name, operation] = QueueBudget(self.max_queue_requests, depth)
         batcher = Batcher(
             served.name,
             operation,
-            compute,
+            make_compute(),
             self.executor,
             max_batch_rows=self.max_batch_rows,
             max_delay_s=self.max_delay_s,

@@ -239,19 +239,31 @@ def require_content_type(request: Request, *allowed: str) -> str:
     return kind
 
 
+class BytesResponse(Response):
+    """A Response of a body already rendered, whose raw headers are built as they are: Response.__init__
+    renders the body and normalises each header through generic layers, which cost a small answer more
+    than encoding it does."""
+
+    def __init__(self, body: bytes, media_type: str, status: int = 200, headers: dict | None = None):
+        self.status_code = status
+        self.body = body
+        self.background = None
+        raw = [(b"content-length", b"%d" % len(body)), (b"content-type", media_type.encode("latin-1"))]
+        if headers:
+            raw += [
+                (key.lower().encode("latin-1"), value.encode("latin-1")) for key, value in headers.items()
+            ]
+        self.raw_headers = raw
+
+
 def json_response(payload: dict, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(
-        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
-        status_code=status,
-        media_type=JSON,
-        headers=headers,
-    )
+    return BytesResponse(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), JSON, status, headers)
 
 
 def npy_response(array: np.ndarray, headers: dict | None = None) -> Response:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
-    return Response(buffer.getvalue(), media_type=NPY, headers=headers)
+    return BytesResponse(buffer.getvalue(), NPY, headers=headers)
 
 
 MISSING_RGB = np.array([90, 90, 110], dtype=np.float64)  # the query tile's missing region: flat grey-blue

@@ -25,8 +25,12 @@ def concat(payloads: Sequence[Tensors]) -> tuple[torch.Tensor, ...]:
 def _row_results(served: ServedModel, payloads: Sequence[Tensors], results) -> list[Tensors]:
     """The payloads' rows (x,) joined and scored at once by `results(x)`, a tuple of float tensors with one
     row per input row, split back into one float64 tuple per payload."""
-    sizes = [rows_of(p) for p in payloads]
-    x = torch.cat([p[0] for p in payloads]).to(served.device)
+    return _scored(served, torch.cat([p[0] for p in payloads]), [rows_of(p) for p in payloads], results)
+
+
+def _scored(served: ServedModel, x: torch.Tensor, sizes: list[int], results) -> list[Tensors]:
+    """`results(x)` for the rows x of several requests (`sizes` rows each), one float64 tuple per request."""
+    x = x.to(served.device)
     with torch.inference_mode():
         outputs = tuple(t.double() for t in results(x))
     split = [t.cpu().split(sizes) for t in outputs]
@@ -48,22 +52,24 @@ def log_prob(served: ServedModel, masks: int, per_dimension: bool, marginal: boo
             return conditionals.sum(dim=1), conditionals
         return (model.log_prob(x, masks=masks),)
 
-    def scored(payloads: Sequence[Tensors]) -> list[Tensors]:
-        return _row_results(served, payloads, results)
+    if marginal:
+        return lambda payloads: _row_results(served, payloads, results)
+    return values_checked_first(served, results)
 
-    return scored if marginal else values_checked_first(served, scored)
 
-
-def values_checked_first(served: ServedModel, compute: Compute) -> Compute:
-    """`compute` for payloads (rows,) as validation.batch_rows takes them: the batch's values are checked
-    first, and a request whose rows are refused gets its InvalidInput while the rest of the batch is
-    computed."""
+def values_checked_first(served: ServedModel, results) -> Compute:
+    """The Compute of `results` (as _scored takes it) for payloads (rows,) as validation.batch_rows takes
+    them: the batch's values are checked first, and a request whose rows are refused gets its InvalidInput
+    while the rest of the batch is computed."""
 
     def run(payloads: Sequence[Tensors]) -> list[Tensors | InvalidInput]:
-        checked = validation.batch_rows(served, [p[0] for p in payloads])
-        valid = [(x,) for x in checked if not isinstance(x, InvalidInput)]
-        results = iter(compute(valid) if valid else ())
-        return [x if isinstance(x, InvalidInput) else next(results) for x in checked]
+        parts = [p[0] for p in payloads]
+        checked = validation.batch_rows(served, parts)
+        if isinstance(checked, torch.Tensor):  # every request's rows are valid, joined already
+            return _scored(served, checked, [len(part) for part in parts], results)
+        valid = [x for x in checked if not isinstance(x, InvalidInput)]
+        scored = iter(_scored(served, torch.cat(valid), [len(x) for x in valid], results) if valid else ())
+        return [x if isinstance(x, InvalidInput) else next(scored) for x in checked]
 
     return run
 

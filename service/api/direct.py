@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi.routing import APIRoute
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -124,15 +125,47 @@ class DirectRoutes:
                 return route, params
         return None
 
-    async def __call__(self, scope, receive, send):
+    async def answer(self, scope, receive, engine) -> Response:
+        """The response of the route `match` found (RequestTracking.respond sends it)."""
         route: DirectRoute = scope["route"]
-        request = Request(scope, receive)
-        engine = scope["app"].state.engine
+        request = DirectRequest(scope, receive)
         given = {"request": request, "engine": engine}
         try:
             if "deadline" in route.wants:
                 given["deadline"] = header_deadline(engine, request.headers.get("x-request-timeout"))
-            response = await route.endpoint(**scope["path_params"], **{k: given[k] for k in route.wants})
+            return await route.endpoint(**scope["path_params"], **{k: given[k] for k in route.wants})
         except errors.APIError as exc:
-            response = errors.api_error_response(request, exc)
-        await response(scope, receive, send)
+            return errors.api_error_response(request, exc)
+
+
+class IndexedHeaders(Headers):
+    """Starlette's Headers, looked up in a dict made once: Headers scans its list and decodes every name
+    on each lookup, and a header that is absent (most of those a route asks for) costs a KeyError. The
+    first of repeated headers wins, as in Headers."""
+
+    def __init__(self, scope) -> None:
+        super().__init__(scope=scope)
+        self._index = dict(reversed(self._list))
+
+    def get(self, key: str, default=None):
+        value = self._index.get(key.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
+
+    def __getitem__(self, key: str) -> str:
+        value = self._index.get(key.lower().encode("latin-1"))
+        if value is None:
+            raise KeyError(key)
+        return value.decode("latin-1")
+
+    def __contains__(self, key) -> bool:
+        return isinstance(key, str) and key.lower().encode("latin-1") in self._index
+
+
+class DirectRequest(Request):
+    """The Request a direct route gets: Starlette's, with IndexedHeaders."""
+
+    @property
+    def headers(self) -> Headers:
+        if not hasattr(self, "_headers"):
+            self._headers = IndexedHeaders(self.scope)
+        return self._headers

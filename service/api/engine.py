@@ -193,7 +193,7 @@ class Engine:
             served,
             "log_prob",
             (K, per_dimension, marginal),
-            compute.log_prob(served, K, per_dimension, marginal),
+            lambda: compute.log_prob(served, K, per_dimension, marginal),
         )
         result = await batcher.submit(payload, deadline)
         conditionals = result[1].numpy() if per_dimension else None
@@ -256,12 +256,15 @@ class Engine:
         x = validation.rows(served, rows, self.settings.max_request_rows)
         if score_name == "nll":
             batcher = self.batchers.get(
-                served, "log_prob", ("features", K), compute.feature_scores(served, K)
+                served, "log_prob", ("features", K), lambda: compute.feature_scores(served, K)
             )
             log_prob, nll_parts = (t.numpy() for t in await batcher.submit((x,), deadline))
             return Scored(log_prob, -log_prob, nll_parts)
         batcher = self.batchers.get(
-            served, "log_prob", ("context", K, per_feature), compute.context_scores(served, K, per_feature)
+            served,
+            "log_prob",
+            ("context", K, per_feature),
+            lambda: compute.context_scores(served, K, per_feature),
         )
         log_prob, code_length, *parts = (t.numpy() for t in await batcher.submit((x,), deadline))
         score = calibration.score(score_name, -log_prob, code_length)
@@ -313,12 +316,15 @@ class Engine:
         if observed is None:
             payload = tuple(draw_randomness(served.model, request.n, K, generator))
             batcher = self.batchers.get(
-                served, "sample", ("unconditional", K), compute.sample(served, self.settings.cuda_graphs)
+                served,
+                "sample",
+                ("unconditional", K),
+                lambda: compute.sample(served, self.settings.cuda_graphs),
             )
         else:
             payload = self._conditional_payload(served, observed, request.n, K, generator)
             batcher = self.batchers.get(
-                served, "sample", ("conditional", K), compute.conditional_sample(served, K)
+                served, "sample", ("conditional", K), lambda: compute.conditional_sample(served, K)
             )
         (samples,) = await batcher.submit(payload, deadline)
         values = samples.numpy()

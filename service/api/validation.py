@@ -6,9 +6,6 @@ schema (schemas.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
@@ -25,10 +22,12 @@ def rows(
 ) -> torch.Tensor:
     """(N, D) rows as the model's tensor: at most `max_rows`, D wide, in the likelihood's support."""
     row_shape(served, rows, max_rows, field)
-    with _as_invalid_input(field):
+    try:
         return validate(
             rows, served.model.likelihood, served.model.n_dims, source=field, allow_missing=allow_missing
         )
+    except DataError as exc:
+        raise _invalid_input(exc, field) from None
 
 
 def row_shape(served: ServedModel, rows: np.ndarray, max_rows: int, field: str = "inputs") -> None:
@@ -36,29 +35,30 @@ def row_shape(served: ServedModel, rows: np.ndarray, max_rows: int, field: str =
     in its batch (batch_rows) may join one."""
     if rows.shape[0] > max_rows:
         raise InvalidInput(f"{rows.shape[0]} rows in one request; the limit is {max_rows}", limit=max_rows)
-    with _as_invalid_input(field):
+    try:
         check_shape(rows, served.model.n_dims, source=field)
+    except DataError as exc:
+        raise _invalid_input(exc, field) from None
 
 
 def batch_rows(
     served: ServedModel, parts: list[np.ndarray | torch.Tensor]
-) -> list[torch.Tensor | InvalidInput]:
-    """Each request's rows as the model's tensor, or the InvalidInput that request gets. A part is a
-    request's rows as sent (an array, shape checked by row_shape, no missing values), or a tensor `rows`
-    made before it was queued (a request split over several batches, whose errors must name its own rows).
+) -> torch.Tensor | list[torch.Tensor | InvalidInput]:
+    """The rows of every request of a batch as one model tensor when all are valid; else each request's
+    rows as the model's tensor, or the InvalidInput that request gets. A part is a request's rows as sent
+    (an array, shape checked by row_shape, no missing values), or a tensor `rows` made before it was
+    queued (a request split over several batches, whose errors must name its own rows).
 
     The values are checked in the compute thread, where the whole batch costs one pass: on the event loop,
     checking each 1-row request cost more than a third of the engine's time per request. Only a batch that
     fails is checked again request by request, to find whose rows are wrong and name them as `rows` would;
     so are the parts of a batch that are not all arrays of one dtype, so that each is checked as sent."""
-    if len(parts) > 1 and all(isinstance(part, np.ndarray) for part in parts):
-        if len({part.dtype for part in parts}) == 1:
-            try:
-                joined = validate(np.concatenate(parts), served.model.likelihood, served.model.n_dims)
-            except DataError:
-                pass
-            else:
-                return list(joined.split([len(part) for part in parts]))
+    if all(isinstance(part, np.ndarray) for part in parts) and len({part.dtype for part in parts}) == 1:
+        try:
+            joined = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            return validate(joined, served.model.likelihood, served.model.n_dims)
+        except DataError:
+            pass
     outcomes: list[torch.Tensor | InvalidInput] = []
     for part in parts:
         if isinstance(part, torch.Tensor):  # checked before it was queued
@@ -71,13 +71,9 @@ def batch_rows(
     return outcomes
 
 
-@contextmanager
-def _as_invalid_input(field: str) -> Iterator[None]:
-    try:
-        yield
-    except DataError as exc:
-        details = {k: v for k, v in (("row", exc.row), ("column", exc.column)) if v is not None}
-        raise InvalidInput(str(exc), field=field, **details) from None
+def _invalid_input(exc: DataError, field: str) -> InvalidInput:
+    details = {k: v for k, v in (("row", exc.row), ("column", exc.column)) if v is not None}
+    return InvalidInput(str(exc), field=field, **details)
 
 
 def complete_rows(rows: np.ndarray) -> None:

@@ -164,7 +164,7 @@ def test_batchers_count_the_requests_they_hold_against_those_in_flight():
         compute = Recorder()
         compute.gate.clear()
         served = Snapshot("m", 1)
-        batcher = batchers.get(served, "op", None, compute)
+        batcher = batchers.get(served, "op", None, lambda: compute)
         in_flight["value"] = 2
         pending = asyncio.ensure_future(batcher.submit((rows(0, 1),), asyncio.get_running_loop().time() + 5))
         await asyncio.sleep(0.05)
@@ -411,13 +411,13 @@ def test_a_batch_never_mixes_versions_and_an_old_version_drains_then_closes():
     async def main():
         batchers = make_batchers()
         deadline = asyncio.get_running_loop().time() + 5
-        old_batcher = batchers.get(old, "op", 1, old_compute)
+        old_batcher = batchers.get(old, "op", 1, lambda: old_compute)
         queued_on_old = [asyncio.ensure_future(old_batcher.submit((rows(i, 3),), deadline)) for i in range(3)]
         await asyncio.sleep(0)  # queued, still collecting its batch
-        new_batcher = batchers.get(new, "op", 1, new_compute)  # the swap: the old batcher retires
+        new_batcher = batchers.get(new, "op", 1, lambda: new_compute)  # the swap: the old batcher retires
         on_new = await asyncio.gather(*(new_batcher.submit((rows(i, 3),), deadline) for i in range(3)))
         on_old = await asyncio.gather(*queued_on_old)
-        again = batchers.get(new, "op", 1, bound_to(new))
+        again = batchers.get(new, "op", 1, lambda: bound_to(new))
         for _ in range(500):  # the retired batcher's close finishes (polled, bounded: no timing asserted)
             if batchers.all() == [new_batcher]:
                 break
@@ -442,7 +442,7 @@ def test_out_of_memory_halves_of_one_request_come_back_whole_from_its_version():
 
     async def main():
         batchers = make_batchers()
-        batcher = batchers.get(snapshot, "op", 1, compute)
+        batcher = batchers.get(snapshot, "op", 1, lambda: compute)
         try:
             return await batcher.submit((rows(0, 20),), asyncio.get_running_loop().time() + 5)
         finally:
