@@ -21,7 +21,7 @@ timer does.
 - A batcher computes with one model version, the one its compute function is bound to. `Batchers` keeps
   one per model version, operation and options, so a batch never mixes versions and every part of a
   request is computed by the version the request was validated against.
-Payloads and results are tuples of tensors whose first dimension is the row.
+Payloads are tuples of tensors, results tuples of tensors or numpy arrays; the first dimension is the row.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from . import metrics
@@ -48,8 +49,9 @@ log = logging.getLogger("made.batcher")
 EXPIRED_IN_QUEUE = "the request's deadline passed while it waited in the queue"
 
 Tensors = tuple[torch.Tensor, ...]
+Arrays = tuple[torch.Tensor | np.ndarray, ...]
 # compute(payloads) -> one result per payload, or the APIError that payload gets (its batch-mates go on)
-Compute = Callable[[Sequence[Tensors]], list[Tensors]]
+Compute = Callable[[Sequence[Tensors]], list[Arrays]]
 
 
 def rows_of(payload: Tensors) -> int:
@@ -60,8 +62,11 @@ def slice_rows(payload: Tensors, start: int, stop: int) -> Tensors:
     return tuple(t[start:stop] for t in payload)
 
 
-def join_rows(parts: Sequence[Tensors]) -> Tensors:
-    return parts[0] if len(parts) == 1 else tuple(torch.cat(ts) for ts in zip(*parts, strict=True))
+def join_rows(parts: Sequence[Arrays]) -> Arrays:
+    if len(parts) == 1:
+        return parts[0]
+    joined = zip(*parts, strict=True)
+    return tuple(np.concatenate(ts) if isinstance(ts[0], np.ndarray) else torch.cat(ts) for ts in joined)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -188,7 +193,7 @@ class Batcher:
             await asyncio.gather(self._loop_task, return_exceptions=True)
 
     # ---- the request side --------------------------------------------------------------------------
-    async def submit(self, payload: Tensors, deadline: float) -> Tensors:
+    async def submit(self, payload: Tensors, deadline: float) -> Arrays:
         """The result for `payload`; `deadline` is on loop.time()."""
         if self._closed:
             raise ShuttingDown("the server is shutting down and takes no new work")
@@ -225,7 +230,7 @@ class Batcher:
 
     async def _submit_part(
         self, loop: asyncio.AbstractEventLoop, payload: Tensors, n: int, deadline: float
-    ) -> Tensors:
+    ) -> Arrays:
         """A request of one part: its future is awaited as it is, and its deadline is the batcher's expiry
         timer's to enforce while it is queued (once taken, it is computed whatever the deadline)."""
         request = _Request(parts_waiting=1, enqueued=loop.time(), deadline=deadline, one_part=True)
@@ -373,7 +378,7 @@ class Batcher:
                 part.future.set_result(outcome)
 
     # ---- runs in the compute executor ----------------------------------------------------------------
-    def _guarded(self, payloads: list[Tensors]) -> list[Tensors | APIError]:
+    def _guarded(self, payloads: list[Tensors]) -> list[Arrays | APIError]:
         """One outcome per payload: its result, or the error that payload must get."""
         try:
             results = self.compute(payloads)

@@ -3,6 +3,7 @@ the compute thread, and turns one batch of payloads into one result per payload.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -12,7 +13,7 @@ from ..made import Randomness
 from ..made.conditional import ConditionalRandomness, marginal_log_prob, sample_conditional_from_randomness
 from ..made.fast_sampling import sample_fast_from_randomness
 from . import validation
-from .batcher import Compute, Tensors, rows_of
+from .batcher import Arrays, Compute, Tensors, rows_of
 from .errors import InvalidInput
 from .registry import ServedModel
 
@@ -22,19 +23,20 @@ def concat(payloads: Sequence[Tensors]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.cat(ts) for ts in zip(*payloads, strict=True))
 
 
-def _row_results(served: ServedModel, payloads: Sequence[Tensors], results) -> list[Tensors]:
+def _row_results(served: ServedModel, payloads: Sequence[Tensors], results) -> list[Arrays]:
     """The payloads' rows (x,) joined and scored at once by `results(x)`, a tuple of float tensors with one
     row per input row, split back into one float64 tuple per payload."""
     return _scored(served, torch.cat([p[0] for p in payloads]), [rows_of(p) for p in payloads], results)
 
 
-def _scored(served: ServedModel, x: torch.Tensor, sizes: list[int], results) -> list[Tensors]:
-    """`results(x)` for the rows x of several requests (`sizes` rows each), one float64 tuple per request."""
-    x = x.to(served.device)
+def _scored(served: ServedModel, x: torch.Tensor, sizes: list[int], results) -> list[Arrays]:
+    """`results(x)` for the rows x of several requests (`sizes` rows each): one tuple of float64 numpy
+    arrays per request, slices of one array per output (what the routes answer with, and cheaper to slice
+    than tensors, in the compute thread, and to hand over, on the event loop)."""
     with torch.inference_mode():
-        outputs = tuple(t.double() for t in results(x))
-    split = [t.cpu().split(sizes) for t in outputs]
-    return [tuple(s[i] for s in split) for i in range(len(sizes))]
+        outputs = [t.double().cpu().numpy() for t in results(x.to(served.device))]
+    bounds = [0, *itertools.accumulate(sizes)]
+    return [tuple(o[start:stop] for o in outputs) for start, stop in itertools.pairwise(bounds)]
 
 
 def log_prob(served: ServedModel, masks: int, per_dimension: bool, marginal: bool) -> Compute:
@@ -62,7 +64,7 @@ def values_checked_first(served: ServedModel, results) -> Compute:
     them: the batch's values are checked first, and a request whose rows are refused gets its InvalidInput
     while the rest of the batch is computed."""
 
-    def run(payloads: Sequence[Tensors]) -> list[Tensors | InvalidInput]:
+    def run(payloads: Sequence[Tensors]) -> list[Arrays | InvalidInput]:
         parts = [p[0] for p in payloads]
         checked = validation.batch_rows(served, parts)
         if isinstance(checked, torch.Tensor):  # every request's rows are valid, joined already

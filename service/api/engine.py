@@ -196,8 +196,7 @@ class Engine:
             lambda: compute.log_prob(served, K, per_dimension, marginal),
         )
         result = await batcher.submit(payload, deadline)
-        conditionals = result[1].numpy() if per_dimension else None
-        return LogProbResult(served.version, K, result[0].numpy(), conditionals)
+        return LogProbResult(served.version, K, result[0], result[1] if per_dimension else None)
 
     async def anomaly(
         self,
@@ -258,7 +257,7 @@ class Engine:
             batcher = self.batchers.get(
                 served, "log_prob", ("features", K), lambda: compute.feature_scores(served, K)
             )
-            log_prob, nll_parts = (t.numpy() for t in await batcher.submit((x,), deadline))
+            log_prob, nll_parts = await batcher.submit((x,), deadline)
             return Scored(log_prob, -log_prob, nll_parts)
         batcher = self.batchers.get(
             served,
@@ -266,7 +265,7 @@ class Engine:
             ("context", K, per_feature),
             lambda: compute.context_scores(served, K, per_feature),
         )
-        log_prob, code_length, *parts = (t.numpy() for t in await batcher.submit((x,), deadline))
+        log_prob, code_length, *parts = await batcher.submit((x,), deadline)
         score = calibration.score(score_name, -log_prob, code_length)
         if not per_feature:
             return Scored(log_prob, score, None)

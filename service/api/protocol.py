@@ -8,6 +8,8 @@ client hold a connection, and memory, for as long as it likes. Here:
   opening): otherwise 408 and the connection is closed;
 - a head over `max_header_bytes` (request line and headers) gets 431 and the connection is closed.
 
+And every response leaves in one write where uvicorn makes two (HeadCoalescingTransport).
+
 A body that stalls is the application's to time out (middleware.RequestTracking), so it is answered with
 the service's own JSON error and counted in its metrics. Both answers here come before any route exists,
 so they are counted by the same metric (`made_rejections_total`, model "").
@@ -42,6 +44,50 @@ def _raw_error(error: type[APIError], message: str) -> bytes:
     )
 
 
+class HeadCoalescingTransport:
+    """The connection's transport, holding a response head back until the first bytes of its body are
+    written, so that both leave in one write: one send() and one TCP segment where uvicorn makes two (it
+    writes http.response.start and http.response.body as they come). For a small answer the second send
+    cost more than the rest of writing it: 64 clients x 1-row log-prob requests, interleaved with and
+    without, went from 2,123-2,332 to 2,255-2,417 requests/s.
+
+    A held head goes out with the next write, when the response completes (the protocol's
+    on_response_complete), before the connection closes, or at the latest at the end of the event loop's
+    current pass (a head whose body is slow to come is not kept from the client). Only a final response's
+    head is held: an interim 1xx (100 Continue) is what the client waits for before it sends a body."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self.transport = transport
+        self.loop = loop
+        self.held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.held is not None:
+            data, self.held = self.held + data, None
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 1"):
+            self.held = data
+            self.loop.call_soon(self.flush)
+            return
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        if self.held is not None:
+            data, self.held = self.held, None
+            if not self.transport.is_closing():
+                self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.held = None
+        self.transport.abort()
+
+    def __getattr__(self, name: str):  # everything else is the transport's own
+        return getattr(self.transport, name)
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args, read_timeout_s: float, max_header_bytes: int, **kwargs):
         super().__init__(*args, **kwargs)
@@ -73,9 +119,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self.transport = HeadCoalescingTransport(transport, self.loop)
         self._arm()  # a connection that opens and sends nothing is closed too
 
+    def on_response_complete(self) -> None:
+        self.transport.flush()
+        super().on_response_complete()
+
     def connection_lost(self, exc) -> None:
+        self.transport.held = None
         self._disarm()
         if self.head_timer is not None:
             self.head_timer.cancel()
