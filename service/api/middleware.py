@@ -143,9 +143,12 @@ def _read_timeout(receive, seconds: float):
 
     A timer on every read costs the event loop more than a small request's read itself, so none is set
     while uvicorn's request cycle (the `receive` it hands over is a method of it) already holds the whole
-    body: then receive cannot wait for body bytes. Under any other server the timer is always set."""
-    body_complete = False
+    body: then receive cannot wait for body bytes, and when it does so already as the request begins,
+    `receive` is returned as it is. Under any other server the timer is always set."""
     cycle = getattr(receive, "__self__", None)
+    if getattr(cycle, "more_body", True) is False:
+        return receive
+    body_complete = False
 
     async def timed_receive():
         nonlocal body_complete

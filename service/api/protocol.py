@@ -84,6 +84,9 @@ class HeadCoalescingTransport:
         self.held = None
         self.transport.abort()
 
+    def is_closing(self) -> bool:  # asked on every response: not through __getattr__
+        return self.transport.is_closing()
+
     def __getattr__(self, name: str):  # everything else is the transport's own
         return getattr(self.transport, name)
 

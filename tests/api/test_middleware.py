@@ -44,3 +44,11 @@ def test_a_receive_of_another_server_is_always_timed():
 
     with pytest.raises(RequestTimeout):
         asyncio.run(_read_timeout(receive, LIMIT_S)())
+
+
+def test_no_timer_once_the_cycle_holds_the_rest_of_a_body_that_was_still_coming():
+    cycle = Cycle(more_body=True)
+    receive = _read_timeout(cycle.receive, LIMIT_S)
+    assert receive != cycle.receive  # still coming: timed
+    cycle.more_body = False  # the rest arrived before the app read it
+    assert asyncio.run(receive())["body"] == b"{}"
