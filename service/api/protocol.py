@@ -47,9 +47,9 @@ def _raw_error(error: type[APIError], message: str) -> bytes:
 class HeadCoalescingTransport:
     """The connection's transport, holding a response head back until the first bytes of its body are
     written, so that both leave in one write: one send() and one TCP segment where uvicorn makes two (it
-    writes http.response.start and http.response.body as they come). For a small answer the second send
-    cost more than the rest of writing it: 64 clients x 1-row log-prob requests, interleaved with and
-    without, went from 2,123-2,332 to 2,255-2,417 requests/s.
+    writes http.response.start and http.response.body as they come), and the client reads one segment. At
+    64 clients x 1-row log-prob requests it saves a few percent of the server's and the client's CPU per
+    request; requests/s moved within this machine's noise (docs/benchmarks.md, issue 15's fifth part).
 
     A held head goes out with the next write, when the response completes (the protocol's
     on_response_complete), before the connection closes, or at the latest at the end of the event loop's
