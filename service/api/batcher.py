@@ -360,15 +360,34 @@ class Batcher:
         metrics.observe_all(self._request_rows, asked)
 
     async def _execute(self, batch: list[_Part]) -> None:
+        """Compute the batch in the executor. The compute thread's own callback into the loop (`_deliver`)
+        wakes this task, which sends the next batch, and the batch's requests in the same pass of the event
+        loop: through an awaited executor future they would wake a pass later, after this task."""
         loop = asyncio.get_running_loop()
-        rows = sum(p.rows for p in batch)
-        self._batch_rows.observe(rows)
+        self._batch_rows.observe(sum(p.rows for p in batch))
+        delivered = loop.create_future()
         started = time.perf_counter()
+        payloads = [p.payload for p in batch]
+
+        def compute() -> None:  # in the compute thread
+            try:
+                outcomes = self._guarded(payloads)
+            except BaseException as exc:  # _guarded answers every Exception: this is a worse failure
+                outcomes = [ComputeFailed(f"model computation failed: {exc!r}")] * len(batch)
+            loop.call_soon_threadsafe(self._deliver, batch, outcomes, started, delivered)
+
         try:
-            outcomes = await loop.run_in_executor(self.executor, self._guarded, [p.payload for p in batch])
-        except Exception as exc:  # the executor itself failed: nobody may hang
-            outcomes = [ComputeFailed(f"model computation failed: {exc}")] * len(batch)
+            self.executor.submit(compute)
+        except Exception as exc:  # the executor itself failed (shut down): nobody may hang
+            self._deliver(
+                batch, [ComputeFailed(f"model computation failed: {exc}")] * len(batch), started, delivered
+            )
+        await delivered
+
+    def _deliver(self, batch: list[_Part], outcomes: list, started: float, delivered: asyncio.Future) -> None:
         self._compute_seconds.observe(time.perf_counter() - started)
+        if not delivered.done():  # first: the batcher's loop then sends the next batch before these answer
+            delivered.set_result(None)
         for part, outcome in zip(batch, outcomes, strict=True):
             if part.future.done():  # the client went away while its batch was computing
                 continue

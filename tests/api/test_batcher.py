@@ -451,3 +451,42 @@ def test_out_of_memory_halves_of_one_request_come_back_whole_from_its_version():
     (result,) = run(main())
     assert torch.equal(result, torch.full((20, 1), 3.0))
     assert sum(n for _, n in compute.batches) == 20 and max(n for _, n in compute.batches) <= 5
+
+
+class Fatal(BaseException):
+    """Not an Exception: what _guarded does not answer (as a KeyboardInterrupt in the compute thread)."""
+
+
+def fail_on(batcher: Batcher, compute) -> list:
+    """Two concurrent requests' outcomes (exceptions returned), with a deadline no test outlasts: a request
+    that never got an answer would fail the test with TimeoutError rather than hang it."""
+
+    async def main():
+        batcher.start()
+        deadline = asyncio.get_running_loop().time() + 30
+        submits = (batcher.submit((rows(i, 1),), deadline) for i in range(2))
+        try:
+            return await asyncio.wait_for(asyncio.gather(*submits, return_exceptions=True), timeout=10)
+        finally:
+            await batcher.close(timeout=1)
+
+    return run(main())
+
+
+def test_a_compute_thread_that_dies_of_a_non_exception_fails_its_batch_and_the_batcher_goes_on():
+    def compute(payloads):
+        raise Fatal("interrupted")
+
+    batcher = make(compute, max_delay_s=0.01)
+    outcomes = fail_on(batcher, compute)
+    assert all(isinstance(o, ComputeFailed) and "Fatal" in str(o) for o in outcomes)
+
+
+def test_an_executor_that_refuses_work_fails_the_batch_at_once():
+    executor = ThreadPoolExecutor(1)
+    executor.shutdown()  # submit() raises RuntimeError from now on
+    batcher = Batcher(
+        "m", "op", Recorder(), executor, max_batch_rows=64, max_delay_s=0.01, max_queue_requests=10
+    )
+    outcomes = fail_on(batcher, None)
+    assert all(isinstance(o, ComputeFailed) and "shutdown" in str(o) for o in outcomes)
