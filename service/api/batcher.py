@@ -6,7 +6,8 @@ the model off the event loop (in the compute executor) and hands each part its s
 delay is only waited while another request may still come (`others_coming`): when every request the
 server is handling is in a batcher already, the batch runs at once. An arrival wakes the loop only when it
 changes what the loop waits for (a first part, a full batch, no one else coming); otherwise the delay's
-timer does.
+timer does. When a batch's result comes back and the next batch would go at once, it goes from that
+result's callback, before the finished batch's requests are answered.
 
 - A request with more rows than `max_batch_rows` is split into parts; its result is joined back in order.
 - The queue is bounded in *requests* (a QueueBudget shared by the batchers of one model and operation,
@@ -360,9 +361,17 @@ class Batcher:
         metrics.observe_all(self._request_rows, asked)
 
     async def _execute(self, batch: list[_Part]) -> None:
-        """Compute the batch in the executor. The compute thread's own callback into the loop (`_deliver`)
-        wakes this task, which sends the next batch, and the batch's requests in the same pass of the event
-        loop: through an awaited executor future they would wake a pass later, after this task."""
+        """Compute the batch, and the batches `_deliver` sends after it straight from the compute thread's
+        callback, until one finishes with none ready to follow it."""
+        pending = self._submit(batch)
+        while (following := await pending) is not None:
+            pending = following
+
+    def _submit(self, batch: list[_Part]) -> asyncio.Future:
+        """Hand the batch to the compute thread. Its own callback into the loop (`_deliver`) answers the
+        batch's requests: through an awaited executor future they would wake a pass of the event loop later,
+        after the batcher's loop. The future returned is set by `_deliver`: to the next batch's, if it sent
+        one, else None."""
         loop = asyncio.get_running_loop()
         self._batch_rows.observe(sum(p.rows for p in batch))
         delivered = loop.create_future()
@@ -379,15 +388,30 @@ class Batcher:
         try:
             self.executor.submit(compute)
         except Exception as exc:  # the executor itself failed (shut down): nobody may hang
-            self._deliver(
-                batch, [ComputeFailed(f"model computation failed: {exc}")] * len(batch), started, delivered
-            )
-        await delivered
+            failed = [ComputeFailed(f"model computation failed: {exc}")] * len(batch)
+            self._deliver(batch, failed, started, delivered, send_next=False)
+        return delivered
 
-    def _deliver(self, batch: list[_Part], outcomes: list, started: float, delivered: asyncio.Future) -> None:
+    def _deliver(
+        self,
+        batch: list[_Part],
+        outcomes: list,
+        started: float,
+        delivered: asyncio.Future,
+        send_next: bool = True,
+    ) -> None:
+        """The batch's outcomes, in the loop. First the next batch goes, if it would go now in `_run` (ready,
+        or its first request's delay over): the compute thread does not wait for a pass of the loop, nor
+        for these requests' answers. (`delivered` is done already if the batcher's loop was cancelled.)"""
         self._compute_seconds.observe(time.perf_counter() - started)
-        if not delivered.done():  # first: the batcher's loop then sends the next batch before these answer
-            delivered.set_result(None)
+        if not delivered.done():
+            following = None
+            if send_next and self._queue and not self._closed:
+                now = delivered.get_loop().time()
+                if self._batch_ready() or now >= self._queue[0].request.enqueued + self.max_delay_s:
+                    following_batch = self._take(now)
+                    following = self._submit(following_batch) if following_batch else None
+            delivered.set_result(following)
         for part, outcome in zip(batch, outcomes, strict=True):
             if part.future.done():  # the client went away while its batch was computing
                 continue

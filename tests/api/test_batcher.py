@@ -490,3 +490,45 @@ def test_an_executor_that_refuses_work_fails_the_batch_at_once():
     )
     outcomes = fail_on(batcher, None)
     assert all(isinstance(o, ComputeFailed) and "shutdown" in str(o) for o in outcomes)
+
+
+class ManualExecutor:
+    """Runs what it is given only when the test says, on the test's own thread."""
+
+    def __init__(self):
+        self.pending = []
+
+    def submit(self, fn):
+        self.pending.append(fn)
+
+    def run_next(self):
+        self.pending.pop(0)()
+
+
+def test_the_next_batch_goes_from_the_finished_batchs_own_callback():
+    """When a batch's outcomes reach the loop and the next batch is ready, the next is handed to the
+    compute thread in that same callback, not a pass of the loop later by the batcher's task."""
+
+    async def main():
+        executor = ManualExecutor()
+        batcher = Batcher(
+            "m", "op", Recorder(), executor, max_batch_rows=64, max_delay_s=0.0, max_queue_requests=10
+        )
+        batcher.start()
+        deadline = asyncio.get_running_loop().time() + 30
+        first = asyncio.ensure_future(batcher.submit((rows(0, 1),), deadline))
+        while not executor.pending:  # the first batch is with the "compute thread"
+            await asyncio.sleep(0)
+        second = asyncio.ensure_future(batcher.submit((rows(1, 1),), deadline))
+        await asyncio.sleep(0)  # queued behind it
+        executor.run_next()  # the first batch computes; its callback is scheduled
+        await asyncio.sleep(0)  # one pass of the loop: the callback has run, the batcher's task has not
+        sent_in_the_callback = len(executor.pending)
+        executor.run_next()
+        answers = await asyncio.gather(first, second)
+        await batcher.close()
+        return sent_in_the_callback, answers
+
+    sent_in_the_callback, answers = run(main())
+    assert sent_in_the_callback == 1
+    assert [a[0].item() for a in answers] == [0.0, 2.0]
