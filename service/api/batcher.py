@@ -274,6 +274,14 @@ class Batcher:
             self.others_coming is not None and not self.others_coming()
         )
 
+    def _collect_until(self) -> float:
+        """loop.time() at which the batch being collected goes, ready or not: its first part's delay."""
+        return self._queue[0].request.enqueued + self.max_delay_s
+
+    def _goes_now(self, now: float) -> bool:
+        """The queued batch goes at `now` (the queue holds a part): it is ready, or its delay is over."""
+        return self._batch_ready() or now >= self._collect_until()
+
     async def _sleep(self, loop: asyncio.AbstractEventLoop, until: float | None) -> None:
         """Until `_arrival` wakes the loop, or until `until` (loop.time()), if given."""
         self._wakeup = wakeup = loop.create_future()
@@ -317,11 +325,10 @@ class Batcher:
             while not self._queue:
                 await self._sleep(loop, None)
             # Give others until the first part's delay runs out to join, unless the batch is ready already.
-            collect_until = self._queue[0].request.enqueued + self.max_delay_s
             self._collecting = True
             try:
-                while not self._closed and not self._batch_ready() and loop.time() < collect_until:
-                    await self._sleep(loop, collect_until)
+                while not self._closed and not self._goes_now(loop.time()):
+                    await self._sleep(loop, self._collect_until())
             finally:
                 self._collecting = False
             batch = self._take(loop.time())
@@ -408,7 +415,7 @@ class Batcher:
             following = None
             if send_next and self._queue and not self._closed:
                 now = delivered.get_loop().time()
-                if self._batch_ready() or now >= self._queue[0].request.enqueued + self.max_delay_s:
+                if self._goes_now(now):
                     following_batch = self._take(now)
                     following = self._submit(following_batch) if following_batch else None
             delivered.set_result(following)

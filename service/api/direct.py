@@ -147,18 +147,21 @@ class IndexedHeaders(Headers):
         super().__init__(scope=scope)
         self._index = dict(reversed(self._list))
 
+    def _raw(self, key: str) -> bytes | None:
+        return self._index.get(key.lower().encode("latin-1"))
+
     def get(self, key: str, default=None):
-        value = self._index.get(key.lower().encode("latin-1"))
+        value = self._raw(key)
         return default if value is None else value.decode("latin-1")
 
     def __getitem__(self, key: str) -> str:
-        value = self._index.get(key.lower().encode("latin-1"))
+        value = self._raw(key)
         if value is None:
             raise KeyError(key)
         return value.decode("latin-1")
 
     def __contains__(self, key) -> bool:
-        return isinstance(key, str) and key.lower().encode("latin-1") in self._index
+        return isinstance(key, str) and self._raw(key) is not None
 
 
 class DirectRequest(Request):
