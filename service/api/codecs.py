@@ -114,22 +114,26 @@ def numeric_rows_from_json(body: bytes, field: str = "inputs") -> tuple[np.ndarr
         document = _parser(len(body)).parse(body)
         if not isinstance(document, simdjson.Object):
             return None
-        keys = list(document.keys())
-        rows = document[field] if field in keys else None
-        if len(set(keys)) != len(keys) or not isinstance(rows, simdjson.Array) or len(rows) == 0:
+        # An object of one member cannot repeat a key, and has no others (most bodies: {"inputs": ...}).
+        keys = [field] if len(document) == 1 else list(document.keys())
+        rows = document.get(field)
+        if not isinstance(rows, simdjson.Array) or (len(keys) > 1 and len(set(keys)) != len(keys)):
             return None
+        n = len(rows)
         # Every "[" of the body opens the list or one of its rows: no nested lists (which as_buffer would
         # flatten) and none anywhere else; a "[" inside another member's string only costs the fast way.
-        if body.count(b"[") != len(rows) + 1:
+        if n == 0 or body.count(b"[") != n + 1:
             return None
-        width = len(rows[0]) if isinstance(rows[0], simdjson.Array) else -1
-        if width < 1 or not all(isinstance(row, simdjson.Array) and len(row) == width for row in rows):
+        first = rows[0]
+        if not isinstance(first, simdjson.Array) or (width := len(first)) == 0:
+            return None
+        if n > 1 and not all(isinstance(row, simdjson.Array) and len(row) == width for row in rows):
             return None
         values = _numbers(rows)
-        others = {key: _python(document[key]) for key in keys if key != field}
+        others = {key: _python(document[key]) for key in keys if key != field} if len(keys) > 1 else {}
     except (ValueError, TypeError, KeyError, RuntimeError):
         return None
-    return values.reshape(len(rows), width), others
+    return values.reshape(n, width), others
 
 
 def _numbers(rows: simdjson.Array) -> np.ndarray:

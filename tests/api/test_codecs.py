@@ -42,6 +42,8 @@ def the_general_way(body: bytes) -> tuple[np.ndarray, dict]:
     "body",
     [
         b'{"inputs": [[0, 1], [1, 1]], "masks": 2}',
+        b'{"inputs": [[0, 1, 1]]}',  # one member, one row: the shortest way through
+        b'{"inputs": [[0.25, 1]]}',
         b'{"per_dimension": true, "inputs": [[0.5, -1e-3, 2E5]]}',
         b'{"inputs":[[1, 2.0]], "fpr": 0.01, "score": "nll"}',
         b'{"inputs": [[-0.0, 1e-320, 9007199254740993]], "o": {"a": 1}}',
