@@ -32,13 +32,16 @@ aborts. Each load is then driven by the compiled load generator `hey` (`hey -z N
     json-1x1024   1 client x 1,024 rows, JSON
     npy-1x1024    1 client x 1,024 rows as an .npy body (ours only; the peers have no .npy contract)
 
-Rows come from the validation split of ../shared/data/binarized_mnist.npz. Each (server, load) gets a
-3 s warm-up, then --seconds of measurement, repeated --rounds times with the servers interleaved within
-a round; the table shows medians over rounds (non-200 responses are summed over rounds). Rows/s is hey's
-Requests/sec x rows per request; p50/p99 are hey's latency percentiles (p99 is hey's slowest request
-when a run has under 100 requests, where hey prints no p99); CPU s is the server process
-tree's user+system CPU time during the measured run; peak RSS is VmHWM summed over the tree (reset
-before each run through /proc/<pid>/clear_refs where the kernel allows it, else a lifetime peak).
+Rows come from the validation split of ../shared/data/binarized_mnist.npz. Each (server, load) gets
+--warmup seconds of load first (default 10: TorchServe's Java frontend compiles its hot paths under
+load, and after a 3 s warm-up its first measured round was its slowest in each run recorded on
+2026-11-30, e.g. 1,177 rows/s against 1,347-1,493 in the four after it), then --seconds of measurement,
+repeated --rounds times with the servers interleaved within a round; the table shows medians over rounds
+(non-200 responses are summed over rounds). Rows/s is hey's Requests/sec x rows per request; p50/p99 are
+hey's latency percentiles (p99 is hey's slowest request when a run has under 100 requests, where hey
+prints no p99); CPU s is the server process tree's user+system CPU time during the measured run; peak
+RSS is VmHWM summed over the tree (reset before each run through /proc/<pid>/clear_refs where the kernel
+allows it, else a lifetime peak).
 hey runs on the same machine and competes with the servers for its cores.
 
 After the table, ours on the 1 x 1,024 loads as a share of the in-process forward: compute.log_prob's
@@ -96,7 +99,7 @@ DATA_FILE = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"
 LIGHT_MODEL = ROOT / "runs" / "oneclass" / "m8"
 N_DIMS = 784
 CHECK_ROWS = 16
-WARMUP_SECONDS = 3
+WARMUP_SECONDS = 10
 START_TIMEOUT_S = 240
 JSON_TYPE = "application/json"
 NPY_TYPE = "application/x-npy"
@@ -942,6 +945,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per (server, load) run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the table shows medians over them")
     parser.add_argument(
+        "--warmup",
+        type=int,
+        default=WARMUP_SECONDS,
+        help="seconds of unmeasured load per (server, load) before the first round (default: %(default)s)",
+    )
+    parser.add_argument(
         "--model", type=Path, default=LIGHT_MODEL, help="checkpoint directory (default: %(default)s)"
     )
     parser.add_argument(
@@ -951,8 +960,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "move the model and each batch there). Default: %(default)s",
     )
     args = parser.parse_args(argv)
-    if args.seconds < 1 or args.rounds < 1:
-        parser.error("--seconds and --rounds must be at least 1")
+    if args.seconds < 1 or args.rounds < 1 or args.warmup < 1:
+        parser.error("--seconds, --rounds and --warmup must be at least 1")
     return args
 
 
@@ -976,12 +985,13 @@ def run_rounds(
     bodies: dict[tuple[str, str], Path],
     seconds: int,
     rounds: int,
+    warmup: int,
     after_round: Callable[[], None] = lambda: None,
 ) -> dict[tuple[str, str], list[RunResult]]:
     pairs = [(load, server) for load in loads for server in servers if serves(server, load)]
     for load, server in pairs:
-        progress(f"warm-up {server.name} / {load.name} ({WARMUP_SECONDS} s)")
-        run_hey(server, load, bodies[server.name, load.name], WARMUP_SECONDS)
+        progress(f"warm-up {server.name} / {load.name} ({warmup} s)")
+        run_hey(server, load, bodies[server.name, load.name], warmup)
     results: dict[tuple[str, str], list[RunResult]] = {}
     for round_number in range(1, rounds + 1):
         for load, server in pairs:  # servers interleaved within each load, every round
@@ -1095,7 +1105,7 @@ def main(argv: list[str] | None = None) -> int:
             big = big_loads(loads, [server.name for server in servers])
             reference = InProcess(model_dir, validation_rows(max(load.rows for load in big))) if big else None
             after_round = reference.measure if reference else lambda: None
-            results = run_rounds(servers, loads, bodies, args.seconds, args.rounds, after_round)
+            results = run_rounds(servers, loads, bodies, args.seconds, args.rounds, args.warmup, after_round)
         finally:
             progress(f"stopping {len(LAUNCHED)} server process(es)")
             for process in LAUNCHED:
@@ -1110,7 +1120,7 @@ def main(argv: list[str] | None = None) -> int:
         print("- pytriton gets the same rows as KServe v2 JSON (one FP32 tensor): Triton's only HTTP body.")
     print(
         f"Medians of {args.rounds} round(s) of {args.seconds} s per (server, load) after a "
-        f"{WARMUP_SECONDS} s warm-up; non-200 summed over rounds."
+        f"{args.warmup} s warm-up; non-200 summed over rounds."
     )
     load_average = ", ".join(f"{value:.2f}" for value in load_before)
     print(
