@@ -33,15 +33,15 @@ aborts. Each load is then driven by the compiled load generator `hey` (`hey -z N
     npy-1x1024    1 client x 1,024 rows as an .npy body (ours only; the peers have no .npy contract)
 
 Rows come from the validation split of ../shared/data/binarized_mnist.npz. Each (server, load) gets
---warmup seconds of load first (default 10: TorchServe's Java frontend compiles its hot paths under
-load, and after a 3 s warm-up its first measured round was its slowest in each run recorded on
-2026-11-30, e.g. 1,177 rows/s against 1,347-1,493 in the four after it), then --seconds of measurement,
-repeated --rounds times with the servers interleaved within a round; the table shows medians over rounds
-(non-200 responses are summed over rounds). Rows/s is hey's Requests/sec x rows per request; p50/p99 are
-hey's latency percentiles (p99 is hey's slowest request when a run has under 100 requests, where hey
-prints no p99); CPU s is the server process tree's user+system CPU time during the measured run; peak
-RSS is VmHWM summed over the tree (reset before each run through /proc/<pid>/clear_refs where the kernel
-allows it, else a lifetime peak).
+--warmup seconds of load first (default 10; TorchServe's first measured round has been its slowest in
+each run recorded on 2026-11-30, after a 3 s warm-up and after 10 s alike: at 20:40 UTC 1,188 rows/s
+against 1,441 and 1,334 in the rounds after it), then --seconds of measurement, repeated --rounds times
+with the servers interleaved within a round; the table shows medians over rounds (non-200 responses are
+summed over rounds). Rows/s is hey's Requests/sec x rows per request; p50/p99 are hey's latency
+percentiles (p99 is hey's slowest request when a run has under 100 requests, where hey prints no p99);
+CPU s is the server process tree's user+system CPU time during the measured run; peak RSS is VmHWM
+summed over the tree (reset before each run through /proc/<pid>/clear_refs where the kernel allows it,
+else a lifetime peak).
 hey runs on the same machine and competes with the servers for its cores.
 
 After the table, ours on the 1 x 1,024 loads as a share of the in-process forward: compute.log_prob's
