@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -134,14 +132,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("hey") is None:
-        sys.exit("hey is not on PATH")
-    model_dir = args.model.resolve()
-    if not (model_dir / "config.json").is_file():
-        sys.exit(f"{model_dir} is no checkpoint: run bench/anomaly.py (it trains it) or give --model")
+    model_dir = peers.prepare(args.model)
     load_before = os.getloadavg()
-    for stop_signal in (signal.SIGTERM, signal.SIGINT):  # so that `finally` stops the servers
-        signal.signal(stop_signal, peers.raise_on_signal)
     results: dict[str, list[Share]] = {}
     with tempfile.TemporaryDirectory(prefix="loop-share-") as tmp:
         workdir = Path(tmp)

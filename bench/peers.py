@@ -1079,19 +1079,26 @@ def raise_on_signal(signum, frame) -> None:
     raise SystemExit(f"stopped by signal {signum}")
 
 
+def prepare(model: Path) -> Path:
+    """The checkpoint directory, once hey and the checkpoint are found (else exit saying which is not);
+    SIGTERM and SIGINT then raise, so that a `finally` stops the servers started."""
+    if shutil.which("hey") is None:
+        sys.exit("hey is not on PATH")
+    model_dir = model.resolve()
+    if not (model_dir / "config.json").is_file():
+        sys.exit(f"{model_dir} is no checkpoint: run bench/anomaly.py (it trains it) or give --model")
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, raise_on_signal)
+    return model_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     global DEVICE
     args = parse_args(argv)
     DEVICE = args.device
-    if shutil.which("hey") is None:
-        sys.exit("hey is not on PATH")
-    model_dir = args.model.resolve()
-    if not (model_dir / "config.json").is_file():
-        sys.exit(f"{model_dir} is no checkpoint: run bench/anomaly.py (it trains it) or give --model")
+    model_dir = prepare(args.model)
     load_before = os.getloadavg()
     loads = [LOADS[name] for name in args.loads]
-    for stop_signal in (signal.SIGTERM, signal.SIGINT):  # so that `finally` stops the servers
-        signal.signal(stop_signal, raise_on_signal)
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
         workdir = Path(tmp)
