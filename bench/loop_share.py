@@ -3,7 +3,7 @@ Python server is bound (issue 15).
 
 Each server is started as bench/peers.py starts it (same model, same bodies, answers checked against each
 other), then driven with `hey` at 64 clients x 1-row JSON log-prob requests, interleaved for --rounds
-rounds. Around each measured run the kernel's counters are read from /proc:
+rounds. Around each measured run the kernel's counters are read (through psutil):
 
     loop busy     CPU time of the server's main thread (the event loop) / the run's wall time
     loop us/req   that CPU time per request: the loop's own work for one request
@@ -19,7 +19,7 @@ thread runs the event loop. Medians over rounds; every figure is over HTTP on lo
     .venv/bin/python bench/loop_share.py
     .venv/bin/python bench/loop_share.py --servers ours,minimal-batched --rounds 5 --seconds 6
 
-Needs `hey` on PATH and Linux's /proc.
+Needs `hey` on PATH and psutil (`make bench-tools` installs both), on Linux.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import peers
+import psutil
 
 ONE_PROCESS = ("ours", "ours-lean-asgi", "minimal-batched")  # servers whose main thread is the loop
 LOAD = peers.LOADS["json-64x1"]
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -53,25 +53,27 @@ class Share:
     machine_idle: float  # share of all cores' time idle
 
 
-def thread_cpu_s(pid: int, tid: int) -> float:
-    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15 of stat)
+def loop_cpu_s(process: psutil.Process) -> float:
+    """CPU seconds of the process's main thread (its thread id is the process id): the event loop."""
+    main = next(thread for thread in process.threads() if thread.id == process.pid)
+    return main.user_time + main.system_time
 
 
-def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+def process_cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def machine_idle_s() -> tuple[float, float]:
-    """(idle, total) CPU seconds of every core since boot."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (values[3] + values[4]) / TICKS, sum(values[:8]) / TICKS  # idle + iowait; without guest time
+    """(idle, total) CPU seconds of every core since boot (guest time is in user time already)."""
+    times = psutil.cpu_times()
+    fields = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return times.idle + times.iowait, sum(getattr(times, field) for field in fields)
 
 
 def measure(server: peers.Server, body: Path, seconds: int) -> Share:
-    pid = server.process.pid
-    loop_before, process_before = thread_cpu_s(pid, pid), process_cpu_s(pid)
+    process = psutil.Process(server.process.pid)
+    loop_before, process_before = loop_cpu_s(process), process_cpu_s(process)
     idle_before, total_before = machine_idle_s()
     hey_before = os.times()
     started = time.perf_counter()
@@ -79,7 +81,7 @@ def measure(server: peers.Server, body: Path, seconds: int) -> Share:
     wall = time.perf_counter() - started
     hey_after = os.times()
     idle_after, total_after = machine_idle_s()
-    loop_s = thread_cpu_s(pid, pid) - loop_before
+    loop_s = loop_cpu_s(process) - loop_before
     requests_per_s, _, _, non_200 = peers.parse_hey(output)
     if non_200:
         raise RuntimeError(f"{server.name}: {non_200} answers were not 200")
@@ -90,7 +92,7 @@ def measure(server: peers.Server, body: Path, seconds: int) -> Share:
         requests_per_s * LOAD.rows,
         loop_s / wall,
         loop_s / (requests_per_s * wall) * 1e6,
-        (process_cpu_s(pid) - process_before) / wall,
+        (process_cpu_s(process) - process_before) / wall,
         hey_s / wall,
         (idle_after - idle_before) / (total_after - total_before),
     )
