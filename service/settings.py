@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     max_queue_requests: Annotated[int, Field(ge=1)] = Field(
         256, description="requests waiting per model and operation; beyond it: 503 with Retry-After"
     )
+    compute_handoff_ms: Annotated[float, Field(ge=0, le=10)] = Field(
+        0.5,
+        description="after handing a batch to the compute thread while other requests are in flight, the "
+        "event loop pauses this long, so that the batch starts at once rather than when the loop next "
+        "releases Python's GIL (0: never pause)",
+    )
     request_timeout_s: Annotated[float, Field(gt=0)] = Field(
         30.0, description="default deadline; a client lowers it with the X-Request-Timeout header (seconds)"
     )

@@ -7,6 +7,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 from ..made import Randomness
@@ -34,9 +35,17 @@ def _scored(served: ServedModel, x: torch.Tensor, sizes: list[int], results) -> 
     arrays per request, slices of one array per output (what the routes answer with, and cheaper to slice
     than tensors, in the compute thread, and to hand over, on the event loop)."""
     with torch.inference_mode():
-        outputs = [t.double().cpu().numpy() for t in results(x.to(served.device))]
+        outputs = [_float64(t) for t in results(x if x.device == served.device else x.to(served.device))]
     bounds = [0, *itertools.accumulate(sizes)]
     return [tuple(o[start:stop] for o in outputs) for start, stop in itertools.pairwise(bounds)]
+
+
+def _float64(t: torch.Tensor) -> np.ndarray:
+    """A result tensor as a float64 numpy array, in as few torch calls as it can be: every torch call gives
+    up the GIL and must win it back from the event loop, which costs more than a small call does."""
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
+        return t.numpy().astype(np.float64, copy=False)  # float32 -> float64 is exact, as .double() is
+    return t.double().cpu().numpy()
 
 
 def log_prob(served: ServedModel, masks: int, per_dimension: bool, marginal: bool) -> Compute:

@@ -118,6 +118,7 @@ class Engine:
             max_delay_s=settings.max_batch_delay_ms / 1000.0,
             max_queue_requests=settings.max_queue_requests,
             requests_in_flight=lambda: self.in_flight,
+            handoff_s=settings.compute_handoff_ms / 1000.0,
         )
         self.draining = False  # set on SIGTERM: readiness fails, new requests get 503
         self.in_flight = 0  # HTTP requests being handled (kept by the request middleware)

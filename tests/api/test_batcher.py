@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -532,3 +533,51 @@ def test_the_next_batch_goes_from_the_finished_batchs_own_callback():
     sent_in_the_callback, answers = run(main())
     assert sent_in_the_callback == 1
     assert [a[0].item() for a in answers] == [0.0, 2.0]
+
+
+def test_the_loop_steps_aside_after_a_hand_over_only_while_other_requests_are_in_flight(monkeypatch):
+    """Batcher._hand_off: after handing a batch to the compute thread the loop sleeps `handoff_s` (its GIL
+    free for the thread) when the server handles more requests than the batch holds; never when the batch
+    is all there is, nor with a hand-off of 0."""
+    pauses: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:  # the hand-off's pauses are recorded, not slept; others sleep
+        if sys._getframe(1).f_code.co_name == "_hand_off":
+            pauses.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+
+    def pauses_for(in_flight: int, handoff_s: float, requests: int) -> list[float]:
+        pauses.clear()
+
+        async def main():
+            executor = ManualExecutor()
+            batchers = Batchers(
+                executor,
+                max_batch_rows=64,
+                max_delay_s=0.0,
+                max_queue_requests=10,
+                requests_in_flight=lambda: in_flight,
+                handoff_s=handoff_s,
+            )
+            batcher = batchers.get(Snapshot("m", 1), "op", None, Recorder)
+            deadline = asyncio.get_running_loop().time() + 30
+            pending = [
+                asyncio.ensure_future(batcher.submit((rows(i, 1),), deadline)) for i in range(requests)
+            ]
+            while not executor.pending:
+                await asyncio.sleep(0)
+            executor.run_next()
+            await asyncio.gather(*pending)
+            await batchers.close()
+
+        run(main())
+        return list(pauses)
+
+    assert pauses_for(in_flight=5, handoff_s=0.0005, requests=2) == [0.0005]
+    assert pauses_for(in_flight=2, handoff_s=0.0005, requests=2) == []  # the batch is every request
+    assert pauses_for(in_flight=1, handoff_s=0.0005, requests=1) == []
+    assert pauses_for(in_flight=5, handoff_s=0.0, requests=2) == []

@@ -13,6 +13,7 @@ import torch
 from prometheus_client import REGISTRY
 
 from service import checkpoint
+from service.api.compute import _float64
 from service.api.engine import Engine
 from service.api.errors import InvalidInput, NotAcceptable, NotCalibrated
 from service.api.schemas import SampleRequest
@@ -248,3 +249,13 @@ def test_a_request_split_over_batches_is_refused_naming_its_own_row(repository):
     with pytest.raises(InvalidInput, match="value 2 at row 6, column 3") as refused:
         run_with_engine(repository, operation, max_batch_rows=4)
     assert refused.value.details == {"field": "inputs", "row": 6, "column": 3}
+
+
+def test_results_become_float64_arrays_with_the_values_double_gives():
+    """compute._float64, the results' way to numpy: float32 and float64 through numpy, other dtypes (no
+    numpy equivalent for bfloat16) through torch; always float64, always the values .double() gives."""
+    values = torch.tensor([-1125.25, 0.1, 3.0e-8, -7.5])
+    for tensor in (values, values.double(), values.bfloat16(), values.half()):
+        array = _float64(tensor)
+        assert isinstance(array, np.ndarray) and array.dtype == np.float64
+        assert np.array_equal(array, tensor.double().numpy())

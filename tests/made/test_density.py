@@ -4,9 +4,12 @@ log p(x) from the same pass."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from service.made import build
+from service.made.mixture import MADEMixture
 from tests.helpers import all_binary, markov_chain, take_training_steps
 
 
@@ -36,3 +39,21 @@ def test_with_mixed_orderings_each_part_is_the_mean_over_masks():
         # one mask: its own conditionals
         _, one = model.log_prob_and_feature_scores(x, masks=1)
         assert torch.allclose(one, -model.conditionals_for_mask(x, 0))
+
+
+def test_one_mask_log_prob_is_the_ensemble_formula_exactly():
+    """log p with K = 1 skips the logsumexp (and - log 1): the same numbers to the last bit, whichever
+    mask the model had installed before, for a model that stores several masks and for a mixture."""
+    model = build(5, hidden_sizes=(16,), n_masks=3, mask_resampling="both", order="random")
+    take_training_steps(model, markov_chain(128, 5))
+    mixture = MADEMixture([build(5, hidden_sizes=(8,), seed=seed) for seed in (1, 2)])
+    x = all_binary(5)
+    with torch.no_grad():
+        for density in (model, mixture):
+            per_mask = density.log_prob_per_mask(x, 1)  # (1, B)
+            expected = torch.logsumexp(per_mask, dim=0) - math.log(1)
+            density.conditionals_for_mask(x, density.n_masks - 1)  # another mask installed first
+            assert torch.equal(density.log_prob(x, masks=1), expected)
+            if density is model:
+                model.config.eval_masks = 1  # masks=None: the model's default, here one
+                assert torch.equal(density.log_prob(x), expected)
