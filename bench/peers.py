@@ -104,7 +104,8 @@ START_TIMEOUT_S = 240
 JSON_TYPE = "application/json"
 NPY_TYPE = "application/x-npy"
 PEERS = ("ours", "ours-2-workers", "fastapi-plain", "torchserve", "pytriton")
-ALL_SERVERS = (*PEERS, "ours-lean-asgi", "minimal-batched")  # the default run is PEERS
+# the default run is PEERS; the others are diagnostics
+ALL_SERVERS = (*PEERS, "ours-lean-asgi", "minimal-batched", "minimal-batched-process")
 LAUNCHED: list[subprocess.Popen] = []  # every server process started, so that exit can stop them all
 
 
@@ -540,6 +541,176 @@ def start_minimal_batched(model_dir: Path, workdir: Path, check_body: bytes) -> 
     return start_checkpoint_app("minimal-batched", MINIMAL_APP, model_dir, workdir)
 
 
+MINIMAL_PROCESS_APP = '''\
+"""minimal-batched with the model in a child process instead of a thread: a diagnostic of the serving
+architecture issue 15 proposes (HTTP on the event loop, the model in a process of its own). The event loop
+writes each batch's rows to the child through a pipe and reads the answer when the pipe is readable, so
+the model's work never waits for the loop's GIL, nor the loop for the model's."""
+
+import asyncio
+import multiprocessing
+import os
+import struct
+import sys
+
+sys.path.insert(0, {root!r})
+
+import numpy as np
+import orjson
+from starlette.requests import Request
+
+from service.api import codecs
+
+MAX_DELAY_S = 0.002
+MAX_BODY_BYTES = 64 * 1024 * 1024
+queue = []  # (rows, future) waiting for the next batch
+in_flight = 0  # requests between their body and their answer
+wakeup = None
+
+
+def encode(array):
+    # a message (multiprocessing.Connection's framing around it): [dtype, 8 bytes][row count][values]
+    head = array.dtype.str.encode().ljust(8) + struct.pack("!Q", len(array))
+    return head + np.ascontiguousarray(array).tobytes()
+
+
+def decode(message):
+    dtype, rows = np.dtype(bytes(message[:8]).decode().strip()), struct.unpack("!Q", message[8:16])[0]
+    values = np.frombuffer(message, dtype, offset=16)
+    return values.reshape(rows, -1) if values.size > rows else values
+
+
+def child(requests, answers, model_dir, device):
+    # the model process: one torch thread, as the child shares the cores with the event loop's process
+    import torch
+
+    from service import checkpoint
+
+    torch.set_num_threads(1)
+    model, _ = checkpoint.load(model_dir, device=device)
+    with torch.inference_mode():
+        while True:
+            try:
+                rows = decode(requests.recv_bytes())
+            except EOFError:
+                return
+            x = torch.from_numpy(rows.astype(np.float32)).to(device)
+            answers.send_bytes(encode(model.log_prob(x).double().cpu().numpy()))
+
+
+class ModelProcess:
+    """The child and the pipes to it; `compute(parts)` is awaited on the loop, one batch at a time. Batches
+    are written with blocking writes (the child is idle, reading, while no batch is out); answers are read
+    when the pipe is readable, without blocking the loop."""
+
+    def __init__(self):
+        context = multiprocessing.get_context("spawn")
+        requests_read, self.requests = context.Pipe(duplex=False)
+        self.answers, answers_write = context.Pipe(duplex=False)
+        model_dir, device = os.environ["PEERS_MODEL"], os.environ.get("PEERS_DEVICE", "cpu")
+        self.process = context.Process(
+            target=child, args=(requests_read, answers_write, model_dir, device), daemon=True
+        )
+        self.process.start()
+        requests_read.close()
+        answers_write.close()
+        self.fd = self.answers.fileno()
+        os.set_blocking(self.fd, False)
+        self.buffer = bytearray()
+        self.waiting = None
+
+    async def compute(self, parts):
+        loop = asyncio.get_running_loop()
+        self.waiting = loop.create_future()
+        self.requests.send_bytes(encode(np.concatenate(parts)))
+        loop.add_reader(self.fd, self.readable)
+        try:
+            return await self.waiting
+        finally:
+            loop.remove_reader(self.fd)
+
+    def readable(self):
+        try:
+            chunk = os.read(self.fd, 1 << 20)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self.waiting.set_exception(RuntimeError("the model process exited"))
+            return
+        self.buffer += chunk
+        if len(self.buffer) < 4:
+            return
+        # Connection's framing: a 4-byte signed length, or -1 and an 8-byte length for large messages
+        (length,), size = struct.unpack_from("!i", self.buffer), 4
+        if length == -1 and len(self.buffer) >= 12:
+            (length,), size = struct.unpack_from("!Q", self.buffer, 4), 12
+        if length >= 0 and len(self.buffer) >= size + length:
+            message = bytes(self.buffer[size : size + length])
+            del self.buffer[: size + length]
+            self.waiting.set_result(decode(message))
+
+
+def wake():
+    if wakeup is not None and not wakeup.done():
+        wakeup.set_result(None)
+
+
+async def batcher(model_process):
+    # a batch goes when every request in flight has joined it, or MAX_DELAY_S after its first one
+    global queue, wakeup
+    loop = asyncio.get_running_loop()
+    while True:
+        while not queue:
+            wakeup = loop.create_future()
+            await wakeup
+        until = loop.time() + MAX_DELAY_S
+        while len(queue) < in_flight and loop.time() < until:
+            wakeup = loop.create_future()
+            timer = loop.call_at(until, wake)
+            await wakeup
+            timer.cancel()
+        batch, queue = queue, []
+        result = await model_process.compute([rows for rows, _ in batch])
+        start = 0
+        for rows, future in batch:
+            future.set_result(result[start : start + len(rows)])
+            start += len(rows)
+
+
+async def app(scope, receive, send):
+    global in_flight
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] == "lifespan.startup":
+            app.model_process = ModelProcess()
+            app.batcher = asyncio.create_task(batcher(app.model_process))
+            await send({{"type": "lifespan.startup.complete"}})
+        app.model_process.process.terminate()
+        await send({{"type": "lifespan.shutdown.complete"}})
+        return
+    if scope["path"] == "/readyz":
+        answer = b'{{"ready":true}}'
+    else:
+        body = await codecs.read_body(Request(scope, receive), MAX_BODY_BYTES)
+        rows, _ = codecs.numeric_rows_from_json(body)
+        future = asyncio.get_running_loop().create_future()
+        in_flight += 1
+        queue.append((rows, future))
+        if len(queue) == 1 or len(queue) >= in_flight:
+            wake()
+        try:
+            answer = orjson.dumps({{"log_prob": await future}}, option=orjson.OPT_SERIALIZE_NUMPY)
+        finally:
+            in_flight -= 1
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]
+    await send({{"type": "http.response.start", "status": 200, "headers": headers}})
+    await send({{"type": "http.response.body", "body": answer}})
+'''
+
+
+def start_minimal_batched_process(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
+    return start_checkpoint_app("minimal-batched-process", MINIMAL_PROCESS_APP, model_dir, workdir)
+
+
 TORCHSERVE_HANDLER = '''\
 """TorchServe handler: log p(x) of the rows of every request in a batch, one model call per batch."""
 
@@ -759,6 +930,7 @@ STARTERS: dict[str, Callable[[Path, Path, bytes], Server]] = {
     "pytriton": start_pytriton,
     "ours-lean-asgi": start_ours_lean_asgi,
     "minimal-batched": start_minimal_batched,
+    "minimal-batched-process": start_minimal_batched_process,
 }
 
 
