@@ -13,8 +13,8 @@ same checkpoint (--model, default runs/oneclass/m8: issue 15's light 784-500 mod
                    of its own: PYTRITON_PYTHON=/path/to/that/venv/bin/python. Triton's HTTP API takes only
                    KServe v2 bodies, so it gets the same rows as one FP32 tensor at /v2/models/light/infer.
 
-and, only when named in --servers, two diagnostics that are not product configurations (both read the body
-with the service's own codecs.read_body):
+and, only when named in --servers, three diagnostics that are not product configurations (all read the
+body with the service's own codecs.read_body):
 
     ours-lean-asgi our engine (the same batchers, validation and compute) behind the leanest ASGI route we
                    could write under the same uvicorn: numeric JSON rows in, log p out, and nothing else (no
@@ -23,6 +23,10 @@ with the service's own codecs.read_body):
     minimal-batched the same model call behind a minimal ASGI route and a 30-line batcher (a batch goes
                    when every request in flight has joined it, or 2 ms after its first), compute in one
                    thread: what our engine, batcher and app layers cost, all together, on the event loop.
+    minimal-batched-process  minimal-batched with the model in a child process (one torch thread) instead
+                   of the compute thread: batches go to it through a pipe and answers are read on the event
+                   loop when the pipe is readable, so neither side waits for the other's GIL. What the
+                   architecture of a model process behind the HTTP process would give on this machine.
 
 Before measuring, the same 16 rows go to every server and the answers must agree (rtol 1e-4), or it
 aborts. Each load is then driven by the compiled load generator `hey` (`hey -z Ns -c C -m POST`):
