@@ -450,7 +450,71 @@ def start_ours_lean_asgi(model_dir: Path, workdir: Path, check_body: bytes) -> S
     return start_uvicorn_app("ours-lean-asgi", source, workdir, f"/v1/models/{name}/log-prob", env)
 
 
-MINIMAL_APP = '''\
+MINIMAL_SERVING = """
+MAX_DELAY_S = 0.002
+MAX_BODY_BYTES = 64 * 1024 * 1024
+queue = []  # (rows, future) waiting for the next batch
+in_flight = 0  # requests between their body and their answer
+wakeup = None
+
+
+def wake():
+    if wakeup is not None and not wakeup.done():
+        wakeup.set_result(None)
+
+
+async def batcher(compute):
+    # a batch goes when every request in flight has joined it, or MAX_DELAY_S after its first one
+    global queue, wakeup
+    loop = asyncio.get_running_loop()
+    while True:
+        while not queue:
+            wakeup = loop.create_future()
+            await wakeup
+        until = loop.time() + MAX_DELAY_S
+        while len(queue) < in_flight and loop.time() < until:
+            wakeup = loop.create_future()
+            timer = loop.call_at(until, wake)
+            await wakeup
+            timer.cancel()
+        batch, queue = queue, []
+        result = await compute([rows for rows, _ in batch])
+        start = 0
+        for rows, future in batch:
+            future.set_result(result[start : start + len(rows)])
+            start += len(rows)
+
+
+async def app(scope, receive, send):
+    global in_flight
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] == "lifespan.startup":
+            app.batcher = asyncio.create_task(batcher(start_model()))
+            await send({{"type": "lifespan.startup.complete"}})
+        stop_model()
+        await send({{"type": "lifespan.shutdown.complete"}})
+        return
+    if scope["path"] == "/readyz":
+        answer = b'{{"ready":true}}'
+    else:
+        body = await codecs.read_body(Request(scope, receive), MAX_BODY_BYTES)
+        rows, _ = codecs.numeric_rows_from_json(body)
+        future = asyncio.get_running_loop().create_future()
+        in_flight += 1
+        queue.append((rows, future))
+        if len(queue) == 1 or len(queue) >= in_flight:
+            wake()
+        try:
+            answer = orjson.dumps({{"log_prob": await future}}, option=orjson.OPT_SERIALIZE_NUMPY)
+        finally:
+            in_flight -= 1
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]
+    await send({{"type": "http.response.start", "status": 200, "headers": headers}})
+    await send({{"type": "http.response.body", "body": answer}})
+"""
+
+MINIMAL_APP = (
+    '''\
 """The same model call behind a minimal ASGI route and a minimal batcher: a diagnostic of what our
 engine, batcher and app layers cost on the event loop. No checks, deadlines or metrics; the body limit
 only."""
@@ -473,11 +537,6 @@ from service.api import codecs
 DEVICE = os.environ.get("PEERS_DEVICE", "cpu")
 model, _ = checkpoint.load(os.environ["PEERS_MODEL"], device=DEVICE)
 compute_thread = ThreadPoolExecutor(1)  # one compute thread, torch's default threads, as `made serve`
-MAX_DELAY_S = 0.002
-MAX_BODY_BYTES = 64 * 1024 * 1024
-queue = []  # (rows, future) waiting for the next batch
-in_flight = 0  # requests between their body and their answer
-wakeup = None
 
 
 def log_prob(parts):
@@ -486,66 +545,27 @@ def log_prob(parts):
         return model.log_prob(x).double().cpu().numpy()
 
 
-def wake():
-    if wakeup is not None and not wakeup.done():
-        wakeup.set_result(None)
+async def compute(parts):
+    return await asyncio.get_running_loop().run_in_executor(compute_thread, log_prob, parts)
 
 
-async def batcher():
-    # a batch goes when every request in flight has joined it, or MAX_DELAY_S after its first one
-    global queue, wakeup
-    loop = asyncio.get_running_loop()
-    while True:
-        while not queue:
-            wakeup = loop.create_future()
-            await wakeup
-        until = loop.time() + MAX_DELAY_S
-        while len(queue) < in_flight and loop.time() < until:
-            wakeup = loop.create_future()
-            timer = loop.call_at(until, wake)
-            await wakeup
-            timer.cancel()
-        batch, queue = queue, []
-        result = await loop.run_in_executor(compute_thread, log_prob, [rows for rows, _ in batch])
-        start = 0
-        for rows, future in batch:
-            future.set_result(result[start : start + len(rows)])
-            start += len(rows)
+def start_model():
+    return compute
 
 
-async def app(scope, receive, send):
-    global in_flight
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] == "lifespan.startup":
-            app.batcher = asyncio.create_task(batcher())
-            await send({{"type": "lifespan.startup.complete"}})
-        await send({{"type": "lifespan.shutdown.complete"}})
-        return
-    if scope["path"] == "/readyz":
-        answer = b'{{"ready":true}}'
-    else:
-        body = await codecs.read_body(Request(scope, receive), MAX_BODY_BYTES)
-        rows, _ = codecs.numeric_rows_from_json(body)
-        future = asyncio.get_running_loop().create_future()
-        in_flight += 1
-        queue.append((rows, future))
-        if len(queue) == 1 or len(queue) >= in_flight:
-            wake()
-        try:
-            answer = orjson.dumps({{"log_prob": await future}}, option=orjson.OPT_SERIALIZE_NUMPY)
-        finally:
-            in_flight -= 1
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]
-    await send({{"type": "http.response.start", "status": 200, "headers": headers}})
-    await send({{"type": "http.response.body", "body": answer}})
+def stop_model():
+    compute_thread.shutdown(wait=False)
 '''
+    + MINIMAL_SERVING
+)
 
 
 def start_minimal_batched(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
     return start_checkpoint_app("minimal-batched", MINIMAL_APP, model_dir, workdir)
 
 
-MINIMAL_PROCESS_APP = '''\
+MINIMAL_PROCESS_APP = (
+    '''\
 """minimal-batched with the model in a child process instead of a thread: a diagnostic of the serving
 architecture issue 15 proposes (HTTP on the event loop, the model in a process of its own). The event loop
 writes each batch's rows to the child through a pipe and reads the answer when the pipe is readable, so
@@ -564,12 +584,6 @@ import orjson
 from starlette.requests import Request
 
 from service.api import codecs
-
-MAX_DELAY_S = 0.002
-MAX_BODY_BYTES = 64 * 1024 * 1024
-queue = []  # (rows, future) waiting for the next batch
-in_flight = 0  # requests between their body and their answer
-wakeup = None
 
 
 def encode(array):
@@ -654,61 +668,16 @@ class ModelProcess:
             self.waiting.set_result(decode(message))
 
 
-def wake():
-    if wakeup is not None and not wakeup.done():
-        wakeup.set_result(None)
+def start_model():
+    app.model_process = ModelProcess()
+    return app.model_process.compute
 
 
-async def batcher(model_process):
-    # a batch goes when every request in flight has joined it, or MAX_DELAY_S after its first one
-    global queue, wakeup
-    loop = asyncio.get_running_loop()
-    while True:
-        while not queue:
-            wakeup = loop.create_future()
-            await wakeup
-        until = loop.time() + MAX_DELAY_S
-        while len(queue) < in_flight and loop.time() < until:
-            wakeup = loop.create_future()
-            timer = loop.call_at(until, wake)
-            await wakeup
-            timer.cancel()
-        batch, queue = queue, []
-        result = await model_process.compute([rows for rows, _ in batch])
-        start = 0
-        for rows, future in batch:
-            future.set_result(result[start : start + len(rows)])
-            start += len(rows)
-
-
-async def app(scope, receive, send):
-    global in_flight
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] == "lifespan.startup":
-            app.model_process = ModelProcess()
-            app.batcher = asyncio.create_task(batcher(app.model_process))
-            await send({{"type": "lifespan.startup.complete"}})
-        app.model_process.process.terminate()
-        await send({{"type": "lifespan.shutdown.complete"}})
-        return
-    if scope["path"] == "/readyz":
-        answer = b'{{"ready":true}}'
-    else:
-        body = await codecs.read_body(Request(scope, receive), MAX_BODY_BYTES)
-        rows, _ = codecs.numeric_rows_from_json(body)
-        future = asyncio.get_running_loop().create_future()
-        in_flight += 1
-        queue.append((rows, future))
-        if len(queue) == 1 or len(queue) >= in_flight:
-            wake()
-        try:
-            answer = orjson.dumps({{"log_prob": await future}}, option=orjson.OPT_SERIALIZE_NUMPY)
-        finally:
-            in_flight -= 1
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]
-    await send({{"type": "http.response.start", "status": 200, "headers": headers}})
-    await send({{"type": "http.response.body", "body": answer}})
+def stop_model():
+    app.model_process.process.terminate()
 '''
+    + MINIMAL_SERVING
+)
 
 
 def start_minimal_batched_process(model_dir: Path, workdir: Path, check_body: bytes) -> Server:
