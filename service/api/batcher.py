@@ -514,7 +514,7 @@ class Batchers:
         self.in_flight_beyond = None if requests_in_flight is None else lambda n: requests_in_flight() > n
         self.holding = Holding()
         self.others_coming = (
-            None if requests_in_flight is None else lambda: requests_in_flight() > self.holding.requests
+            None if self.in_flight_beyond is None else lambda: self.in_flight_beyond(self.holding.requests)
         )
         self.max_batch_rows, self.max_delay_s = max_batch_rows, max_delay_s
         self.max_queue_requests = max_queue_requests

@@ -90,10 +90,10 @@ class Density(nn.Module):
 
     def log_prob(self, x: torch.Tensor, masks: int | None = None) -> torch.Tensor:
         """(B,) log p(x) in nats under the K-component ensemble."""
-        if self.resolve_masks(masks) == 1:  # logsumexp of one value is itself: three torch calls fewer
+        K = self.resolve_masks(masks)
+        if K == 1:  # logsumexp of one value is itself: three torch calls fewer
             return self.conditionals_for_mask(x, 0).sum(dim=1)
-        per_mask = self.log_prob_per_mask(x, masks)
-        return torch.logsumexp(per_mask, dim=0) - math.log(per_mask.shape[0])
+        return torch.logsumexp(self.log_prob_per_mask(x, K), dim=0) - math.log(K)
 
     def log_prob_batches(
         self, batches: Iterable[torch.Tensor], masks: int | None = None
