@@ -587,15 +587,15 @@ from service.api import codecs
 
 
 def encode(array):
-    # a message (multiprocessing.Connection's framing around it): [dtype, 8 bytes][row count][values]
-    head = array.dtype.str.encode().ljust(8) + struct.pack("!Q", len(array))
+    # a message (multiprocessing.Connection's framing around it): [dtype, 8 bytes][ndim][shape][values]
+    head = array.dtype.str.encode().ljust(8) + struct.pack(f"!Q{{array.ndim}}Q", array.ndim, *array.shape)
     return head + np.ascontiguousarray(array).tobytes()
 
 
 def decode(message):
-    dtype, rows = np.dtype(bytes(message[:8]).decode().strip()), struct.unpack("!Q", message[8:16])[0]
-    values = np.frombuffer(message, dtype, offset=16)
-    return values.reshape(rows, -1) if values.size > rows else values
+    dtype, (ndim,) = np.dtype(bytes(message[:8]).decode().strip()), struct.unpack_from("!Q", message, 8)
+    shape = struct.unpack_from(f"!{{ndim}}Q", message, 16)
+    return np.frombuffer(message, dtype, offset=16 + 8 * ndim).reshape(shape)
 
 
 def child(requests, answers, model_dir, device):
