@@ -851,8 +851,10 @@ with Triton(config=config, workspace={workspace!r}) as triton:
 
 
 def pytriton_python() -> Path:
-    """PyTriton pins numpy<2, which the project's venv cannot take: it may live in a venv of its own."""
-    return Path(os.environ.get("PYTRITON_PYTHON", VENV_BIN / "python"))
+    """PyTriton pins numpy<2, which the project's venv cannot take: it may live in a venv of its own. A
+    relative PYTRITON_PYTHON is taken from the working directory (the server starts in another); made
+    absolute without resolving links, since a venv's python is a link out of the venv."""
+    return Path(os.path.abspath(os.environ.get("PYTRITON_PYTHON", VENV_BIN / "python")))
 
 
 def start_pytriton(model_dir: Path, workdir: Path, check_body: bytes) -> Server:

@@ -225,8 +225,11 @@ def rows_from_npy(body: bytes) -> np.ndarray:
             f"body is not a valid .npy array: its header declares shape {list(shape)} of {dtype} "
             f"({count * dtype.itemsize} bytes of data), but the body holds {data_bytes}"
         )
+    # A read-only view of the body, not a copy: rows become the model's tensor in data.validate, which
+    # makes its own float32 copy (writable, as torch wants); a copy here cost 0.4-0.9 ms per 1,024 x 784
+    # body in fresh pages, on the event loop.
     array = np.frombuffer(body, dtype=dtype, count=count, offset=stream.tell())
-    array = array.reshape(shape, order="F" if fortran_order else "C").copy()  # writable, like np.load's
+    array = array.reshape(shape, order="F" if fortran_order else "C")
     if array.dtype.kind not in "biuf":
         raise InvalidInput(f".npy body has dtype {array.dtype}; expected numbers")
     if array.ndim != 2:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import orjson
@@ -10,8 +11,10 @@ import pytest
 from PIL import Image
 from starlette.requests import Request
 
+from service import data
 from service.api import codecs
 from service.api.errors import InvalidInput, MalformedRequest, NotAcceptable
+from service.made.likelihoods import make_likelihood
 
 
 def request_with(**headers) -> Request:
@@ -105,6 +108,28 @@ def test_bad_json_rows_are_named(value, message, details):
     with pytest.raises(InvalidInput) as refused:
         codecs.rows_from_json(value)
     assert message in refused.value.message and refused.value.details == details
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        np.array([[0, 1, 1], [1, 0, 1]], dtype=np.float32),
+        np.asfortranarray(np.array([[0, 1, 1], [1, 0, 1]], dtype=np.float32)),
+        np.array([[0, 1, 1], [1, 0, 1]], dtype=np.uint8),
+        np.array([[0, 1, 1], [1, 0, 1]], dtype=np.float64),
+    ],
+    ids=["float32", "float32-fortran", "uint8", "float64"],
+)
+def test_npy_rows_are_a_view_of_the_body_that_validation_copies(rows):
+    array = codecs.rows_from_npy(npy(rows))
+    assert not array.flags.writeable  # the body's own bytes: no copy on the event loop
+    np.testing.assert_array_equal(array, rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it is given memory it may not write
+        x = data.validate(array, make_likelihood("bernoulli"), 3)
+    x += 1  # the model's tensor is its own, writable memory
+    np.testing.assert_array_equal(x.numpy(), rows.astype(np.float32) + 1)
+    np.testing.assert_array_equal(array, rows)  # and the body's view is untouched
 
 
 def test_npy_rows_and_what_is_refused():
