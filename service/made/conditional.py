@@ -21,12 +21,11 @@ exact for the model as trained; any other O is refused with ConditioningError. S
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 
-from .density import Density, evaluating
+from .density import Density, evaluating, mask_average
 from .fast_sampling import build_plan, sample_with_plan
 from .masks import degrees_from_ordering
 
@@ -104,7 +103,7 @@ def marginal_log_prob(model: Density, x: torch.Tensor, masks: int | None = None)
     with evaluating(model):
         for pattern, rows in _patterns(observed):
             per_mask = _observed_log_probs(model, x[rows], pattern, K)
-            result[rows] = torch.logsumexp(per_mask, dim=0) - math.log(K)
+            result[rows] = mask_average(per_mask)
     return result
 
 

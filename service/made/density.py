@@ -23,6 +23,16 @@ from .likelihoods import Likelihood
 from .network import MADE
 
 
+def mask_average(per_component: torch.Tensor) -> torch.Tensor:
+    """log (1/K sum_k p_k) from the (K, ...) log p_k of K components along dim 0: the ensemble (and mixture)
+    average of *probabilities*, never of logits. With one component it is that component (logsumexp of one
+    value is the value: the same bits, without the call)."""
+    K = per_component.shape[0]
+    if K == 1:
+        return per_component[0]
+    return torch.logsumexp(per_component, dim=0) - math.log(K)
+
+
 @contextlib.contextmanager
 def evaluating(model: nn.Module):
     """Eval mode (no dropout) for the block, then the mode the model had."""
@@ -93,7 +103,7 @@ class Density(nn.Module):
         K = self.resolve_masks(masks)
         if K == 1:  # logsumexp of one value is itself: three torch calls fewer
             return self.conditionals_for_mask(x, 0).sum(dim=1)
-        return torch.logsumexp(self.log_prob_per_mask(x, K), dim=0) - math.log(K)
+        return mask_average(self.log_prob_per_mask(x, K))
 
     def log_prob_batches(
         self, batches: Iterable[torch.Tensor], masks: int | None = None
@@ -126,7 +136,7 @@ class Density(nn.Module):
         """(B, D) the mixture's conditionals from its components' (K, B, D), all in one ordering."""
         ordering = self.ordering(0)
         by_position = per_mask[:, :, ordering]
-        prefix = torch.logsumexp(by_position.cumsum(dim=2), dim=0) - math.log(per_mask.shape[0])  # (B, D)
+        prefix = mask_average(by_position.cumsum(dim=2))  # (B, D) log p(x_{<=i}) of the mixture
         steps = torch.diff(prefix, dim=1, prepend=torch.zeros_like(prefix[:, :1]))
         conditionals = torch.empty_like(steps)
         conditionals[:, ordering] = steps
@@ -144,7 +154,7 @@ class Density(nn.Module):
         ordering. Those sum to the components' mean NLL, which is at least -log p(x) (Jensen)."""
         K = self.resolve_masks(masks)
         per_mask = torch.stack([self.conditionals_for_mask(x, k) for k in range(K)])  # (K, B, D)
-        log_prob = torch.logsumexp(per_mask.sum(dim=2), dim=0) - math.log(K)
+        log_prob = mask_average(per_mask.sum(dim=2))
         if K == 1:
             return log_prob, -per_mask[0]
         if self.shares_ordering(K):

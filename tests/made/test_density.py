@@ -9,6 +9,7 @@ import math
 import torch
 
 from service.made import build
+from service.made.density import mask_average
 from service.made.mixture import MADEMixture
 from tests.helpers import all_binary, markov_chain, take_training_steps
 
@@ -57,3 +58,14 @@ def test_one_mask_log_prob_is_the_ensemble_formula_exactly():
             if density is model:
                 model.config.eval_masks = 1  # masks=None: the model's default, here one
                 assert torch.equal(density.log_prob(x), expected)
+
+
+def test_mask_average_averages_probabilities_not_logits():
+    per_component = torch.tensor([[-1.0, -50.0], [-3.0, -2.0], [-8.0, -2.5]], dtype=torch.float64)  # (K, B)
+    averaged = mask_average(per_component)
+    expected = torch.log(per_component.exp().mean(dim=0))  # log (1/K sum_k p_k), computed directly
+    assert torch.allclose(averaged, expected, rtol=0, atol=1e-12)
+    assert not torch.allclose(averaged, per_component.mean(dim=0))  # what averaging logits would give
+    one = per_component[:1]
+    assert torch.equal(mask_average(one), one[0])  # one component: itself, bit for bit
+    assert torch.equal(mask_average(torch.full((2, 3), -math.inf)), torch.full((3,), -math.inf))
