@@ -129,16 +129,15 @@ class Batcher:
         max_queue_requests: int,
         budget: QueueBudget | None = None,
         holding: Holding | None = None,
-        others_coming: Callable[[], bool] | None = None,
-        handoff_s: float = 0.0,
         in_flight_beyond: Callable[[int], bool] | None = None,
+        handoff_s: float = 0.0,
     ):
         self.model, self.operation = model, operation
-        # Batcher._hand_off: the pause, and whether the server handles more requests than a given number
-        self.handoff_s, self.in_flight_beyond = handoff_s, in_flight_beyond
         self.holding = holding or Holding()
-        # Whether a request not yet queued may still join (None: assume so, and always give it the delay).
-        self.others_coming = others_coming
+        # Whether the server handles more requests than a given number (None: not known). Against the
+        # requests the batchers hold it says whether others may still come (others_coming); against a
+        # batch's, whether the loop steps aside after handing it over (_hand_off, `handoff_s`).
+        self.in_flight_beyond, self.handoff_s = in_flight_beyond, handoff_s
         self.compute = compute
         self.executor = executor
         self.max_batch_rows = max_batch_rows
@@ -274,9 +273,12 @@ class Batcher:
     def _batch_ready(self) -> bool:
         """The batch being collected should go before its delay runs out: it is full, or no request is on
         its way to join it (every one in flight is in a batcher), so waiting would only lose time."""
-        return self._rows_queued >= self.max_batch_rows or (
-            self.others_coming is not None and not self.others_coming()
-        )
+        return self._rows_queued >= self.max_batch_rows or not self.others_coming()
+
+    def others_coming(self) -> bool:
+        """Whether a request not yet in a batcher may still join: the server handles requests beyond those
+        the batchers hold (not known: assume so, and always give the delay)."""
+        return self.in_flight_beyond is None or self.in_flight_beyond(self.holding.requests)
 
     def _collect_until(self) -> float:
         """loop.time() at which the batch being collected goes, ready or not: its first part's delay."""
@@ -513,9 +515,6 @@ class Batchers:
         self.handoff_s = handoff_s
         self.in_flight_beyond = None if requests_in_flight is None else lambda n: requests_in_flight() > n
         self.holding = Holding()
-        self.others_coming = (
-            None if self.in_flight_beyond is None else lambda: self.in_flight_beyond(self.holding.requests)
-        )
         self.max_batch_rows, self.max_delay_s = max_batch_rows, max_delay_s
         self.max_queue_requests = max_queue_requests
         # (name, operation, options) -> (the snapshot it computes with, its batcher)
@@ -550,9 +549,8 @@ class Batchers:
             max_queue_requests=self.max_queue_requests,
             budget=budget,
             holding=self.holding,
-            others_coming=self.others_coming,
-            handoff_s=self.handoff_s,
             in_flight_beyond=self.in_flight_beyond,
+            handoff_s=self.handoff_s,
         )
         batcher.start()
         self._current[key] = (served, batcher)

@@ -100,7 +100,7 @@ def test_a_batch_waits_for_others_only_while_a_request_is_on_its_way():
 
     async def main():
         compute = Recorder()
-        batcher = make(compute, max_delay_s=30.0, others_coming=lambda: on_the_way["value"])
+        batcher = make(compute, max_delay_s=30.0, in_flight_beyond=lambda held: on_the_way["value"])
         batcher.start()
         deadline = asyncio.get_running_loop().time() + 60
         first = asyncio.ensure_future(batcher.submit((rows(0, 2),), deadline))
@@ -133,7 +133,7 @@ def test_a_collecting_batch_goes_when_it_is_full_and_not_before():
 
     async def main():
         compute = Recorder()
-        batcher = make(compute, max_batch_rows=4, max_delay_s=30.0, others_coming=lambda: True)
+        batcher = make(compute, max_batch_rows=4, max_delay_s=30.0, in_flight_beyond=lambda held: True)
         batcher.start()
         deadline = asyncio.get_running_loop().time() + 60
         waiting = [
@@ -169,9 +169,9 @@ def test_batchers_count_the_requests_they_hold_against_those_in_flight():
         in_flight["value"] = 2
         pending = asyncio.ensure_future(batcher.submit((rows(0, 1),), asyncio.get_running_loop().time() + 5))
         await asyncio.sleep(0.05)
-        seen = (batchers.holding.requests, batchers.others_coming())
+        seen = (batchers.holding.requests, batcher.others_coming())
         in_flight["value"] = 1
-        seen_after = batchers.others_coming()
+        seen_after = batcher.others_coming()
         compute.gate.set()
         await pending
         left = batchers.holding.requests
